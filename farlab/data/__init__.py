@@ -1,0 +1,44 @@
+"""Task handlers: one module per task family, one registry from family name to handler.
+
+A handler has two entry points: ``validate(task_cfg)`` (cheap checks before any model loads:
+schema, files on disk) and ``build(task_cfg, tokenizer, seed)`` -> :class:`TaskData`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from omegaconf import DictConfig
+
+from farlab.data.base import DataError, TaskData
+from farlab.registry import Registry
+
+
+class TaskHandler(Protocol):
+    def validate(self, task_cfg: DictConfig) -> None: ...
+
+    def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData: ...
+
+
+TASK_FAMILIES: Registry[TaskHandler] = Registry("task family")
+
+
+def _handler(task_cfg: DictConfig) -> TaskHandler:
+    family = task_cfg.get("family")
+    if family is None:
+        raise DataError(f"task {task_cfg.get('name')!r} has no 'family'; valid: {', '.join(TASK_FAMILIES)}")
+    return TASK_FAMILIES.get(family)
+
+
+def validate_task_config(task_cfg: DictConfig) -> None:
+    _handler(task_cfg).validate(task_cfg)
+
+
+def build_task_data(task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData:
+    return _handler(task_cfg).build(task_cfg, tokenizer, seed)
+
+
+# Handlers register themselves on import.
+from farlab.data import glue as _glue  # noqa: E402,F401
+
+__all__ = ["DataError", "TaskData", "TASK_FAMILIES", "build_task_data", "validate_task_config"]

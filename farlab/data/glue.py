@@ -1,0 +1,226 @@
+"""GLUE classification tasks read from local TSVs in GLUE's own layout.
+
+File layouts are facts about GLUE, so they live here as :data:`GLUE_LAYOUTS`; what a user may
+change (data dir, lengths, limits, metrics) lives in ``conf/task/<name>.yaml`` checked against
+:class:`GlueTaskConfig`.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import datasets
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from transformers import DataCollatorWithPadding
+
+from farlab.data.base import DataError, TaskData
+from farlab.eval.metrics import METRICS
+from farlab.registry import unknown_choice_message
+
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass(frozen=True)
+class GlueLayout:
+    """Where a GLUE task keeps its columns. Columns are header names, or indices when headerless."""
+
+    text_columns: tuple[str | int, ...]
+    label_column: str | int
+    labels: tuple[str, ...]  # raw label strings in class-id order
+    header: bool
+    eval_files: tuple[str, ...]  # first one that exists is the evaluation split
+    metrics: tuple[str, ...]
+    primary_metric: str
+    train_file: str = "train.tsv"
+
+
+GLUE_LAYOUTS: dict[str, GlueLayout] = {
+    "cola": GlueLayout((3,), 1, ("0", "1"), False, ("dev.tsv",), ("mcc", "accuracy"), "mcc"),
+    "sst2": GlueLayout(("sentence",), "label", ("0", "1"), True, ("dev.tsv",), ("accuracy", "f1"), "accuracy"),
+    "mnli": GlueLayout(
+        ("sentence1", "sentence2"),
+        "gold_label",
+        ("entailment", "neutral", "contradiction"),
+        True,
+        ("dev_matched.tsv", "dev.tsv"),
+        ("accuracy",),
+        "accuracy",
+    ),
+    "qqp": GlueLayout(
+        ("question1", "question2"), "is_duplicate", ("0", "1"), True, ("dev.tsv",), ("accuracy", "f1"), "accuracy"
+    ),
+}
+
+
+@dataclass
+class GlueTaskConfig:
+    name: str = "cola"
+    family: str = "glue"
+    glue_task: str = "${.name}"  # which layout in GLUE_LAYOUTS
+    data_dir: Optional[str] = None  # local folder in GLUE's layout
+    hub_name: Optional[str] = None  # e.g. "nyu-mll/glue"; used only when data_dir is null (online machines)
+    max_length: int = 128
+    train_limit: Optional[int] = None  # keep a seeded random subset of this many training rows
+    eval_limit: Optional[int] = None
+    validation_fraction: float = 0.1  # held out of train when the data dir has no dev split
+    metrics: list[str] = field(default_factory=list)  # empty = the task's standard metrics
+    primary_metric: Optional[str] = None
+    extra_eval_files: list[str] = field(default_factory=list)  # e.g. [dev_mismatched.tsv] for MNLI
+
+
+def typed_task_config(task_cfg: DictConfig) -> GlueTaskConfig:
+    """Check the task node against the schema; unknown keys and wrong types fail here."""
+    try:
+        # Resolve against the whole config first: data_dir interpolates ${paths.data}.
+        resolved = OmegaConf.to_container(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg) else task_cfg
+        merged = OmegaConf.merge(OmegaConf.structured(GlueTaskConfig), resolved)
+    except OmegaConfBaseException as err:
+        raise DataError(f"task config {task_cfg.get('name')!r}: {err}") from err
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+class GlueHandler:
+    def validate(self, task_cfg: DictConfig) -> None:
+        cfg = typed_task_config(task_cfg)
+        layout = self._layout(cfg)
+        for metric in cfg.metrics or layout.metrics:
+            if metric not in METRICS:
+                raise DataError(unknown_choice_message("metric", metric, METRICS.names()))
+        primary = cfg.primary_metric or layout.primary_metric
+        if primary not in (cfg.metrics or layout.metrics):
+            raise DataError(f"task.primary_metric={primary!r} is not among task.metrics={list(cfg.metrics)}")
+        if not 0 < cfg.validation_fraction < 1:
+            raise DataError(f"task.validation_fraction={cfg.validation_fraction} must be in (0, 1)")
+        if cfg.max_length < 8:
+            raise DataError(f"task.max_length={cfg.max_length} is too small (>= 8)")
+        if cfg.data_dir is None:
+            if cfg.hub_name is None:
+                raise DataError(f"task {cfg.name!r}: set task.data_dir (a local GLUE folder) or task.hub_name")
+            return
+        data_dir = Path(cfg.data_dir)
+        train = data_dir / layout.train_file
+        if not train.is_file():
+            raise DataError(
+                f"task {cfg.name!r}: training file {train} not found; task.data_dir={cfg.data_dir} must hold "
+                f"{layout.train_file} in GLUE's layout (eval split: {' or '.join(layout.eval_files)}, optional)"
+            )
+
+    def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData:
+        cfg = typed_task_config(task_cfg)
+        layout = self._layout(cfg)
+        train_rows, eval_rows, eval_name = self._load_rows(cfg, layout, seed)
+        train_rows = _seeded_subset(train_rows, cfg.train_limit, seed)
+        eval_rows = _seeded_subset(eval_rows, cfg.eval_limit, seed)
+        if not train_rows or not eval_rows:
+            raise DataError(f"task {cfg.name!r}: empty split (train {len(train_rows)}, eval {len(eval_rows)} rows)")
+        return TaskData(
+            name=cfg.name,
+            kind="classification",
+            train=_tokenize(train_rows, tokenizer, cfg.max_length),
+            eval=_tokenize(eval_rows, tokenizer, cfg.max_length),
+            collator=DataCollatorWithPadding(tokenizer),
+            label_names=list(layout.labels),
+            metrics=list(cfg.metrics or layout.metrics),
+            primary_metric=cfg.primary_metric or layout.primary_metric,
+            eval_split_name=eval_name,
+            info={"train_rows": len(train_rows), "eval_rows": len(eval_rows)},
+        )
+
+    @staticmethod
+    def _layout(cfg: GlueTaskConfig) -> GlueLayout:
+        if cfg.glue_task not in GLUE_LAYOUTS:
+            raise DataError(unknown_choice_message("GLUE task", cfg.glue_task, list(GLUE_LAYOUTS)))
+        return GLUE_LAYOUTS[cfg.glue_task]
+
+    def _load_rows(self, cfg: GlueTaskConfig, layout: GlueLayout, seed: int) -> tuple[list, list, str]:
+        if cfg.data_dir is None:
+            return _load_hub_rows(cfg, layout)
+        data_dir = Path(cfg.data_dir)
+        train_rows = read_glue_tsv(data_dir / layout.train_file, layout)
+        for name in layout.eval_files:
+            if (data_dir / name).is_file():
+                return train_rows, read_glue_tsv(data_dir / name, layout), name
+        # No dev split shipped (e.g. SST-2 here): carve a seeded validation split out of train.
+        shuffled = train_rows[:]
+        random.Random(seed).shuffle(shuffled)
+        n_eval = max(1, int(round(len(shuffled) * cfg.validation_fraction)))
+        return shuffled[n_eval:], shuffled[:n_eval], f"train[{cfg.validation_fraction:.0%} seeded split]"
+
+
+Row = tuple[tuple[str, ...], int]
+
+
+def read_glue_tsv(path: Path, layout: GlueLayout) -> list[Row]:
+    """Read one GLUE TSV into (texts, label id) rows, refusing malformed lines with their line number."""
+    rows: list[Row] = []
+    label_ids = {label: i for i, label in enumerate(layout.labels)}
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header: list[str] | None = next(reader, None) if layout.header else None
+        columns = [_column_index(col, header, path) for col in (*layout.text_columns, layout.label_column)]
+        for line_no, fields in enumerate(reader, start=2 if layout.header else 1):
+            if not fields:
+                continue
+            if len(fields) <= max(columns):
+                raise DataError(f"{path}:{line_no}: expected at least {max(columns) + 1} tab-separated fields, got {len(fields)}")
+            *texts, raw_label = (fields[c].strip() for c in columns)
+            if raw_label not in label_ids:
+                raise DataError(
+                    f"{path}:{line_no}: label {raw_label!r} is not in the task's label set {list(layout.labels)}"
+                )
+            rows.append((tuple(texts), label_ids[raw_label]))
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows
+
+
+def _column_index(column: str | int, header: list[str] | None, path: Path) -> int:
+    if isinstance(column, int):
+        return column
+    if header is None or column not in header:
+        raise DataError(f"{path}: header has no column {column!r} (header: {header})")
+    return header.index(column)
+
+
+def _seeded_subset(rows: list[Row], limit: int | None, seed: int) -> list[Row]:
+    if limit is None or limit >= len(rows):
+        return rows
+    picked = rows[:]
+    random.Random(seed).shuffle(picked)
+    return picked[:limit]
+
+
+def _tokenize(rows: list[Row], tokenizer: Any, max_length: int) -> datasets.Dataset:
+    columns: dict[str, list] = {"text": [r[0][0] for r in rows], "labels": [r[1] for r in rows]}
+    if len(rows[0][0]) > 1:
+        columns["text_pair"] = [r[0][1] for r in rows]
+    raw = datasets.Dataset.from_dict(columns)
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        return tokenizer(batch["text"], batch.get("text_pair"), truncation=True, max_length=max_length)
+
+    drop = [c for c in raw.column_names if c != "labels"]
+    return raw.map(encode, batched=True, remove_columns=drop, desc="tokenize")
+
+
+def _load_hub_rows(cfg: GlueTaskConfig, layout: GlueLayout) -> tuple[list, list, str]:
+    """Online machines only: read the task from the datasets hub (not exercised by the tests)."""
+    ds = datasets.load_dataset(cfg.hub_name, cfg.glue_task)
+    text_cols = [c for c in ds["train"].column_names if c not in ("label", "idx")]
+
+    def rows(split: datasets.Dataset) -> list[Row]:
+        return [(tuple(str(ex[c]) for c in text_cols), int(ex["label"])) for ex in split]
+
+    eval_split = "validation_matched" if "validation_matched" in ds else "validation"
+    return rows(ds["train"]), rows(ds[eval_split]), eval_split
+
+
+from farlab.data import TASK_FAMILIES  # noqa: E402
+
+TASK_FAMILIES.add("glue", GlueHandler())

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (one place per metric), the direct eval loop, the transfer gap."""

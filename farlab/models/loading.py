@@ -1,0 +1,110 @@
+"""Build teacher and student models from a :class:`~farlab.config.ModelSpec`.
+
+Each ``source`` is one registry entry: ``pretrained`` (a local folder), ``config`` (random init
+from config fields) and ``from_teacher`` (DistilBERT-style: a shallower copy of the teacher that
+keeps chosen blocks).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from collections.abc import Callable
+from typing import Any
+
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+
+from farlab.config import ConfigError
+from farlab.losses.objective import ModelShape
+from farlab.registry import Registry
+
+log = logging.getLogger(__name__)
+
+ModelBuilder = Callable[..., PreTrainedModel]
+MODEL_SOURCES: Registry[ModelBuilder] = Registry("model source")
+
+# Block lists in the architectures we support: bert/roberta "encoder.layer.N", llama/qwen "layers.N",
+# gpt2 "h.N". One pattern keeps block renumbering architecture-agnostic.
+_BLOCK_KEY = re.compile(r"^(.*?\.(?:layer|layers|h)\.)(\d+)(\..*)$")
+
+
+def load_tokenizer(path: str) -> Any:
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load a tokenizer from model.tokenizer={path!r}: {err}") from err
+
+
+@MODEL_SOURCES.register("pretrained")
+def _pretrained(spec: Any, num_labels: int, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(spec.path, num_labels=num_labels, **kwargs)
+    except OSError as err:
+        raise ConfigError(f"cannot load model {spec.name!r} from path={spec.path!r}: {err}") from err
+
+
+@MODEL_SOURCES.register("config")
+def _from_config(spec: Any, num_labels: int, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
+    fields = dict(spec.config)
+    config = AutoConfig.for_model(fields.pop("model_type"), num_labels=num_labels, **fields)
+    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    return AutoModelForSequenceClassification.from_config(config, **kwargs)
+
+
+@MODEL_SOURCES.register("from_teacher")
+def _from_teacher(
+    spec: Any, num_labels: int, attn_implementation: str | None, teacher: PreTrainedModel | None = None, **_: Any
+) -> PreTrainedModel:
+    if teacher is None:
+        raise ConfigError("model.student.source=from_teacher needs the teacher's base weights")
+    return shallow_copy(teacher, list(spec.init_blocks), attn_implementation)
+
+
+def shallow_copy(teacher: PreTrainedModel, blocks: list[int], attn_implementation: str | None) -> PreTrainedModel:
+    """A model with ``len(blocks)`` blocks, block j initialised from the teacher's block ``blocks[j]``.
+
+    Blocks are numbered in farlab's index space (1 = first block; 0 is the embedding output), so
+    ``[1, 3, 5]`` keeps HF's ``layer.0``, ``layer.2`` and ``layer.4``. Embeddings and heads are copied.
+    """
+    depth = teacher.config.num_hidden_layers
+    bad = [b for b in blocks if not 1 <= b <= depth]
+    if bad:
+        raise ConfigError(
+            f"model.student.init_blocks={blocks}: blocks {bad} out of range; the teacher has {depth} blocks "
+            f"(valid: 1..{depth})"
+        )
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = len(blocks)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    student = type(teacher)(config)
+    teacher_state = teacher.state_dict()
+    state = {}
+    for key in student.state_dict():
+        match = _BLOCK_KEY.match(key)
+        source = f"{match[1]}{blocks[int(match[2])] - 1}{match[3]}" if match else key
+        state[key] = teacher_state[source].detach().clone()
+    student.load_state_dict(state)
+    return student
+
+
+def build_model(spec: Any, num_labels: int, attn_implementation: str | None, **extra: Any) -> PreTrainedModel:
+    model = MODEL_SOURCES.get(spec.source)(spec, num_labels, attn_implementation, **extra)
+    log.info("built %s (%s): %.1fM parameters", spec.name, spec.source, model.num_parameters() / 1e6)
+    return model
+
+
+def model_shape(model: PreTrainedModel) -> ModelShape:
+    return ModelShape.from_hf_config(model.config)
+
+
+def check_vocab(model: PreTrainedModel, tokenizer: Any, role: str) -> None:
+    """Token ids beyond the embedding matrix would crash deep inside an embedding lookup."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the {role}'s embedding has {rows} rows; "
+            f"use a matching tokenizer or a model config with vocab_size >= {len(tokenizer)}"
+        )

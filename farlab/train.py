@@ -1,0 +1,151 @@
+"""``python -m farlab.train [overrides]``: one Hydra-composed run = one experiment.
+
+Read top to bottom: validate, data, models, teacher, objective, pre-eval, train, post-eval, report.
+Every choice lives in a config group and a registry; this file only wires the stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from transformers import set_seed
+
+from farlab.config import REPO_ROOT, register_configs, validate_config
+from farlab.data import build_task_data
+from farlab.eval.loop import evaluate_model
+from farlab.eval.transfer import transfer_gap
+from farlab.losses.objective import build_objective
+from farlab.models.loading import build_model, check_vocab, load_tokenizer, model_shape
+from farlab.models.pair import DistillationModule, frozen_guard
+from farlab.report import print_summary
+from farlab.run_record import RunRecord
+from farlab.teachers.strategies import TeacherContext, prepare_teacher
+from farlab.trainer.checkpoints import latest_complete_checkpoint
+from farlab.trainer.fit import FitSettings, make_trainer, set_threads
+from farlab.trainer.resources import peak_memory_mb
+
+log = logging.getLogger("farlab.train")
+register_configs()
+
+
+def loss_requirements(loss_cfg: DictConfig) -> tuple[bool, bool]:
+    """(needs a teacher, needs attention maps), decided from the config before any model loads."""
+    components = loss_cfg.components or {}
+    needs_teacher = loss_cfg.alpha > 0 and len(components) > 0
+    needs_attention = needs_teacher and any(c.type == "attention" for c in components.values())
+    return needs_teacher, needs_attention
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    validate_config(cfg)
+    set_threads(cfg.train.num_threads)
+    needs_teacher, needs_attention = loss_requirements(cfg.loss)
+    attn = "eager" if needs_attention else cfg.model.attn_implementation
+    if needs_attention and cfg.model.attn_implementation not in (None, "eager"):
+        log.info("attention loss configured: switching attn_implementation %s -> eager", cfg.model.attn_implementation)
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    data = build_task_data(cfg.task, tokenizer, cfg.seed)
+    log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
+
+    # Models. The student is built from the teacher's *base* weights, so every teacher strategy
+    # starts the student from the same point.
+    set_seed(cfg.seed)
+    base_teacher = None
+    if needs_teacher or cfg.model.student.source == "from_teacher":
+        base_teacher = build_model(cfg.model.teacher, data.num_labels, attn)
+        check_vocab(base_teacher, tokenizer, "teacher")
+    set_seed(cfg.seed)
+    student = build_model(cfg.model.student, data.num_labels, attn, teacher=base_teacher)
+    check_vocab(student, tokenizer, "student")
+
+    teacher = None
+    if needs_teacher:
+        teacher = prepare_teacher(TeacherContext(cfg, base_teacher, data, tokenizer, attn))
+    del base_teacher
+
+    set_seed(cfg.seed)
+    objective = build_objective(
+        cfg.loss, cfg.layer_map, cfg.projection, model_shape(student), model_shape(teacher) if teacher else None
+    )
+    pair = DistillationModule(
+        student, teacher, objective, teacher_trainable=bool(cfg.teacher_strategy.trainable)
+    )
+
+    eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
+    pre = {"student": evaluate_model(student, data, eval_bs, "pre-eval student", progress)}
+    if teacher is not None:
+        pre["teacher"] = evaluate_model(teacher, data, eval_bs, "pre-eval teacher", progress)
+
+    settings = FitSettings.from_config(
+        cfg.train,
+        report_to=("wandb",) if cfg.wandb.mode != "disabled" else (),
+        run_name=run_dir.name,
+    )
+    trainer = make_trainer(pair, data, tokenizer, run_dir, settings, cfg.seed)
+    resume_from = latest_complete_checkpoint(run_dir) if cfg.resume else None
+    if resume_from is not None:
+        log.info("resuming from %s", resume_from)
+    frozen = teacher is not None and not pair.teacher_trainable
+    with frozen_guard(teacher, frozen):
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trainer.save_model(str(run_dir / "final"))
+
+    post = {"student": evaluate_model(student, data, eval_bs, "post-eval student", progress)}
+    if teacher is not None and pair.teacher_trainable:
+        post["teacher"] = evaluate_model(teacher, data, eval_bs, "post-eval teacher", progress)
+
+    primary = data.primary_metric
+    # The transfer gap uses the teacher the student actually learned from (post-training when co-trained).
+    teacher_score = (post.get("teacher") or pre.get("teacher") or {}).get(primary)
+    return {
+        "task": data.name,
+        "primary_metric": primary,
+        "eval_split": data.eval_split_name,
+        "pre": pre,
+        "post": post,
+        "transfer_gap": transfer_gap(primary, teacher_score, pre["student"][primary], post["student"][primary]),
+        "train": {
+            "runtime_s": round(trainer.train_seconds, 2),
+            "global_step": result.global_step,
+            "train_samples_per_s": result.metrics.get("train_samples_per_second"),
+            "tokens_per_s": round(trainer.tokens_seen / max(trainer.train_seconds, 1e-9), 1),
+            "final_loss": result.training_loss,
+            "resumed_from": str(resume_from) if resume_from else None,
+        },
+        "loss_components": trainer.component_means(),
+        "peak_memory_mb": peak_memory_mb(),
+    }
+
+
+def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    """Run one experiment with its run-dir bookkeeping (status, metadata, metrics, summary)."""
+    record = RunRecord(run_dir, cfg, overrides)
+    record.start(cfg)
+    try:
+        metrics = run(cfg, run_dir)
+    except BaseException as err:
+        record.finish("failed", err)
+        raise
+    record.write_metrics(metrics)
+    record.finish("completed")
+    print_summary(metrics, run_dir)
+    return metrics
+
+
+@hydra.main(config_path=str(REPO_ROOT / "conf"), config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    """Returns the primary post-training metric, so Hydra sweepers can optimise it."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(cfg.output_dir or hydra_cfg.runtime.output_dir)
+    metrics = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
+    return metrics["post"]["student"][metrics["primary_metric"]]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: the Trainer subclass, checkpoints, settings."""

@@ -1,0 +1,107 @@
+"""Turn farlab's train settings into a configured :class:`DistillationTrainer`.
+
+Used by the main run and by the SFT-teacher store, so a teacher is fine-tuned by exactly the same
+machinery (and the same bugs fixes) as a student.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from farlab.data.base import TaskData
+from farlab.models.pair import DistillationModule
+from farlab.trainer.trainer import DistillationTrainer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FitSettings:
+    """The subset of train settings the Trainer needs (the SFT recipe maps onto it too)."""
+
+    epochs: float = 3.0
+    max_steps: int = -1
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    logging_steps: int = 50
+    save_steps: int = 500
+    save_total_limit: int = 2
+    bf16: bool = False
+    fp16: bool = False
+    gradient_checkpointing: bool = False
+    progress_bar: bool = True
+    report_to: tuple[str, ...] = ()
+    run_name: str | None = None
+    save_checkpoints: bool = True
+    teacher_learning_rate: float | None = None
+
+    @classmethod
+    def from_config(cls, node: Any, **overrides: Any) -> FitSettings:
+        fields = {k: node[k] for k in cls.__dataclass_fields__ if k in node}
+        fields.update(overrides)
+        return cls(**fields)
+
+
+def make_trainer(
+    pair: DistillationModule,
+    data: TaskData,
+    tokenizer: Any,
+    output_dir: Path,
+    settings: FitSettings,
+    seed: int,
+    callbacks: list[TrainerCallback] | None = None,
+) -> DistillationTrainer:
+    if settings.gradient_checkpointing:
+        pair.student.gradient_checkpointing_enable()
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_ratio,  # a float < 1 is a fraction of the total steps
+        gradient_accumulation_steps=settings.grad_accum_steps,
+        max_grad_norm=settings.max_grad_norm,
+        logging_steps=settings.logging_steps,
+        save_strategy="steps" if settings.save_checkpoints else "no",
+        save_steps=settings.save_steps,
+        save_total_limit=settings.save_total_limit,
+        eval_strategy="no",  # evaluation is farlab's direct loop, not a nested Trainer
+        bf16=settings.bf16,
+        fp16=settings.fp16,
+        seed=seed,
+        data_seed=seed,
+        report_to=list(settings.report_to) or "none",
+        run_name=settings.run_name,
+        disable_tqdm=not settings.progress_bar,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    return DistillationTrainer(
+        model=pair,
+        args=args,
+        train_dataset=data.train,
+        data_collator=data.collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+        teacher_learning_rate=settings.teacher_learning_rate,
+    )
+
+
+def set_threads(num_threads: int | None) -> None:
+    if num_threads:
+        torch.set_num_threads(num_threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(num_threads))

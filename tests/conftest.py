@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny configs composed through Hydra exactly as the CLI does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from farlab.config import REPO_ROOT, register_configs
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def tiny_overrides(store: Path, **extra: object) -> list[str]:
+    """A run that finishes in seconds: tiny BERTs, 64 CoLA rows, 4 optimizer steps."""
+    base = {
+        "task": "cola",
+        "model": "tiny_bert",
+        "task.train_limit": 64,
+        "task.eval_limit": 48,
+        "train.max_steps": 4,
+        "train.batch_size": 8,
+        "train.eval_batch_size": 32,
+        "train.logging_steps": 2,
+        "train.save_steps": 2,
+        "train.progress_bar": False,
+        "train.num_threads": 2,
+        "teacher_strategy.recipe.max_steps": 6,
+        "teacher_strategy.recipe.batch_size": 8,
+        "teacher_strategy.store_dir": str(store),
+        "wandb.mode": "disabled",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture
+def compose_cfg() -> Callable[[list[str]], DictConfig]:
+    register_configs()
+
+    def _compose(overrides: list[str]) -> DictConfig:
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+
+    return _compose
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "teacher_store"

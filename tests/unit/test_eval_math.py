@@ -1,0 +1,48 @@
+"""Metrics and the transfer gap against hand-computed values."""
+
+import math
+
+import numpy as np
+import pytest
+
+from farlab.eval.metrics import compute_metrics
+from farlab.eval.transfer import transfer_gap
+
+
+def test_mcc_accuracy_f1_on_a_known_confusion_matrix():
+    # TP=3, TN=4, FP=1, FN=2
+    labels = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    preds = np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 1])
+    tp, tn, fp, fn = 3, 4, 1, 2
+    mcc = (tp * tn - fp * fn) / math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    got = compute_metrics(["mcc", "accuracy", "f1"], preds, labels)
+    assert got["mcc"] == pytest.approx(mcc)
+    assert got["accuracy"] == pytest.approx(0.7)
+    assert got["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+
+
+def test_unknown_metric_names_choices():
+    with pytest.raises(ValueError, match=r"unknown metric 'acc'.*accuracy"):
+        compute_metrics(["acc"], np.zeros(2), np.zeros(2))
+
+
+def test_transfer_gap_by_hand():
+    gap = transfer_gap("mcc", teacher=0.40, student_pre=0.10, student_post=0.25)
+    assert gap["teacher_advantage"] == pytest.approx(0.30)
+    assert gap["student_gain"] == pytest.approx(0.15)
+    assert gap["transfer_efficiency"] == pytest.approx(0.5)
+    assert gap["transfer_efficiency_note"] is None
+
+
+@pytest.mark.parametrize("teacher", [0.1, 0.05])
+def test_transfer_efficiency_is_null_with_a_reason_when_teacher_not_ahead(teacher):
+    gap = transfer_gap("mcc", teacher=teacher, student_pre=0.1, student_post=0.2)
+    assert gap["transfer_efficiency"] is None
+    assert "not ahead" in gap["transfer_efficiency_note"]
+
+
+def test_transfer_gap_without_teacher():
+    gap = transfer_gap("accuracy", teacher=None, student_pre=0.5, student_post=0.6)
+    assert gap["teacher_advantage"] is None and gap["transfer_efficiency"] is None
+    assert gap["student_gain"] == pytest.approx(0.1)
+    assert "no teacher" in gap["transfer_efficiency_note"]
