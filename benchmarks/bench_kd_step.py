@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from transformers import set_seed
+from transformers import AutoModelForSequenceClassification, set_seed
 
 from farlab.config import REPO_ROOT, register_configs
 from farlab.losses.objective import build_objective
 from farlab.losses.spec import LossConfig
-from farlab.models.loading import build_model, load_tokenizer, model_shape
+from farlab.models.loading import Head, build_model, load_tokenizer, model_shape
 from farlab.models.pair import DistillationModule
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -62,8 +62,9 @@ def main() -> None:
         cfg = compose("config", overrides=[f"model={args.model}", "loss=response_kl"])
     set_seed(0)
     tokenizer = load_tokenizer(cfg.model.tokenizer)
-    teacher = build_model(cfg.model.teacher, 2, cfg.model.attn_implementation)
-    student = build_model(cfg.model.student, 2, cfg.model.attn_implementation, teacher=teacher)
+    head = Head(AutoModelForSequenceClassification, {"num_labels": 2})
+    teacher = build_model(cfg.model.teacher, head, cfg.model.attn_implementation)
+    student = build_model(cfg.model.student, head, cfg.model.attn_implementation, teacher=teacher)
     ce_only = OmegaConf.structured(LossConfig(name="ce", alpha=0.0, components={}))
     kd = DistillationModule(
         student, teacher, build_objective(cfg.loss, cfg.layer_map, cfg.projection, model_shape(student), model_shape(teacher))

@@ -31,6 +31,19 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class LoraSpec:
+    """LoRA adapters (PEFT); r = 0 means none (full fine-tuning).
+
+    target_modules null = PEFT's default for the architecture.
+    """
+
+    r: int = 0
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None
+
+
+@dataclass
 class ModelSpec:
     """One model (teacher or student).
 
@@ -44,6 +57,7 @@ class ModelSpec:
     path: Optional[str] = None
     config: Optional[dict[str, Any]] = None
     init_blocks: Optional[list[int]] = None
+    lora: LoraSpec = field(default_factory=LoraSpec)  # r > 0: adapters (student; teacher when co-trained)
 
 
 @dataclass
@@ -95,6 +109,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
     progress_bar: bool = True
+    eval_steps: Optional[int] = None  # evaluate the student every N steps for metrics.json 'best'; None = at the end
 
 
 @dataclass
@@ -181,6 +196,11 @@ def validate_config(cfg: DictConfig) -> None:
                 f"model.{role}.source=config needs model.{role}.config with a model_type",
             )
     _require(cfg.model.teacher.source != "from_teacher", "model.teacher.source cannot be from_teacher")
+    for role in ("teacher", "student"):
+        lora = cfg.model[role].lora
+        _require(lora.r >= 0, f"model.{role}.lora.r={lora.r} must be >= 0 (0 = no LoRA)")
+        _require(lora.r == 0 or lora.alpha > 0, f"model.{role}.lora.alpha={lora.alpha} must be > 0")
+        _require(0 <= lora.dropout < 1, f"model.{role}.lora.dropout={lora.dropout} must be in [0, 1)")
     if cfg.model.student.source == "from_teacher":
         blocks = cfg.model.student.init_blocks
         _require(bool(blocks), "model.student.source=from_teacher needs model.student.init_blocks, e.g. [1, 3, 5]")
@@ -194,6 +214,10 @@ def validate_config(cfg: DictConfig) -> None:
     _require(tr.learning_rate > 0, f"train.learning_rate={tr.learning_rate} must be > 0")
     _require(tr.epochs > 0 or tr.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0")
     _require(tr.grad_accum_steps >= 1, f"train.grad_accum_steps={tr.grad_accum_steps} must be >= 1")
+    _require(
+        tr.eval_steps is None or tr.eval_steps >= 0,
+        f"train.eval_steps={tr.eval_steps} must be >= 1 (or null/0: evaluate only after training)",
+    )
     _require(not (tr.bf16 and tr.fp16), "train.bf16 and train.fp16 are mutually exclusive")
     _require(
         cfg.wandb.mode in WANDB_MODES, unknown_choice_message("wandb.mode", cfg.wandb.mode, list(WANDB_MODES))

@@ -20,13 +20,16 @@ from farlab.data import build_task_data
 from farlab.eval.loop import evaluate_model
 from farlab.eval.transfer import transfer_gap
 from farlab.losses.objective import build_objective
-from farlab.models.loading import build_model, check_vocab, load_tokenizer, model_shape
+from farlab.models.loading import build_model, check_vocab, export_student, head_for, load_tokenizer, model_shape
+from farlab.models.lora import apply_lora
 from farlab.models.pair import DistillationModule, frozen_guard
 from farlab.report import print_summary
 from farlab.run_record import RunRecord
 from farlab.teachers.strategies import TeacherContext, prepare_teacher
-from farlab.trainer.checkpoints import latest_complete_checkpoint
+from farlab.trainer.callbacks import PeakMetrics
+from farlab.trainer.checkpoints import latest_complete_checkpoint, resume_checkpoint
 from farlab.trainer.fit import FitSettings, make_trainer, set_threads
+from farlab.trainer.signals import GracefulStop, Preempted, requeue_or_exit
 from farlab.trainer.resources import peak_memory_mb
 
 log = logging.getLogger("farlab.train")
@@ -41,7 +44,8 @@ def loss_requirements(loss_cfg: DictConfig) -> tuple[bool, bool]:
     return needs_teacher, needs_attention
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dict[str, Any]:
+    """One experiment; raises :class:`Preempted` when ``stop`` saw a signal and training stopped early."""
     validate_config(cfg)
     set_threads(cfg.train.num_threads)
     needs_teacher, needs_attention = loss_requirements(cfg.loss)
@@ -55,27 +59,30 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # Models. The student is built from the teacher's *base* weights, so every teacher strategy
     # starts the student from the same point.
+    head = head_for(data)
     set_seed(cfg.seed)
     base_teacher = None
     if needs_teacher or cfg.model.student.source == "from_teacher":
-        base_teacher = build_model(cfg.model.teacher, data.num_labels, attn)
+        base_teacher = build_model(cfg.model.teacher, head, attn)
         check_vocab(base_teacher, tokenizer, "teacher")
     set_seed(cfg.seed)
-    student = build_model(cfg.model.student, data.num_labels, attn, teacher=base_teacher)
+    student = build_model(cfg.model.student, head, attn, teacher=base_teacher)
     check_vocab(student, tokenizer, "student")
+    shapes = (model_shape(student), model_shape(base_teacher) if needs_teacher else None)
 
     teacher = None
     if needs_teacher:
         teacher = prepare_teacher(TeacherContext(cfg, base_teacher, data, tokenizer, attn))
     del base_teacher
+    trainable_teacher = teacher is not None and bool(cfg.teacher_strategy.trainable)
+    if cfg.model.student.lora.r > 0:
+        student = apply_lora(student, cfg.model.student.lora, data.kind)
+    if trainable_teacher and cfg.model.teacher.lora.r > 0:
+        teacher = apply_lora(teacher, cfg.model.teacher.lora, data.kind)
 
     set_seed(cfg.seed)
-    objective = build_objective(
-        cfg.loss, cfg.layer_map, cfg.projection, model_shape(student), model_shape(teacher) if teacher else None
-    )
-    pair = DistillationModule(
-        student, teacher, objective, teacher_trainable=bool(cfg.teacher_strategy.trainable)
-    )
+    objective = build_objective(cfg.loss, cfg.layer_map, cfg.projection, *shapes)
+    pair = DistillationModule(student, teacher, objective, kind=data.kind, teacher_trainable=trainable_teacher)
 
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
     pre = {"student": evaluate_model(student, data, eval_bs, "pre-eval student", progress)}
@@ -87,18 +94,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         report_to=("wandb",) if cfg.wandb.mode != "disabled" else (),
         run_name=run_dir.name,
     )
-    trainer = make_trainer(pair, data, tokenizer, run_dir, settings, cfg.seed)
-    resume_from = latest_complete_checkpoint(run_dir) if cfg.resume else None
-    if resume_from is not None:
-        log.info("resuming from %s", resume_from)
+    stop = stop or GracefulStop()
+    trainer = make_trainer(pair, data, tokenizer, run_dir, settings, cfg.seed, callbacks=[stop])
+    peak = PeakMetrics(lambda: evaluate_model(pair.student, data, eval_bs, "eval student", False),
+                       cfg.train.eval_steps, log_fn=trainer.log)
+    trainer.add_callback(peak)
+    resume_from = resume_checkpoint(run_dir, cfg.resume)
     frozen = teacher is not None and not pair.teacher_trainable
     with frozen_guard(teacher, frozen):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    trainer.save_model(str(run_dir / "final"))
+    if stop.stopped_at is not None and result.global_step < trainer.state.max_steps:
+        raise Preempted(stop.signum, result.global_step, latest_complete_checkpoint(run_dir))
+    if stop.requested and stop.stopped_at is None:
+        log.warning("stop signal arrived after the last training step: finishing the run instead")
+    student = export_student(pair.student, tokenizer, run_dir / "final")
 
     post = {"student": evaluate_model(student, data, eval_bs, "post-eval student", progress)}
     if teacher is not None and pair.teacher_trainable:
         post["teacher"] = evaluate_model(teacher, data, eval_bs, "post-eval teacher", progress)
+    peak.record(post["student"], result.global_step)
 
     primary = data.primary_metric
     # The transfer gap uses the teacher the student actually learned from (post-training when co-trained).
@@ -115,25 +129,34 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "global_step": result.global_step,
             "train_samples_per_s": result.metrics.get("train_samples_per_second"),
             "tokens_per_s": round(trainer.tokens_seen / max(trainer.train_seconds, 1e-9), 1),
-            "final_loss": result.training_loss,
+            "final_loss": trainer.mean_loss(),  # over all steps, across resumes
             "resumed_from": str(resume_from) if resume_from else None,
         },
         "loss_components": trainer.component_means(),
+        "best": peak.best,
         "peak_memory_mb": peak_memory_mb(),
     }
 
 
 def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
-    """Run one experiment with its run-dir bookkeeping (status, metadata, metrics, summary)."""
+    """Run one experiment with its run-dir bookkeeping (status, metadata, metrics, summary).
+
+    SIGUSR1/SIGUSR2 stop it gracefully for the whole run: status ``preempted`` and :class:`Preempted` raised.
+    """
     record = RunRecord(run_dir, cfg, overrides)
-    record.start(cfg)
-    try:
-        metrics = run(cfg, run_dir)
-    except BaseException as err:
-        record.finish("failed", err)
-        raise
-    record.write_metrics(metrics)
-    record.finish("completed")
+    stop = GracefulStop()
+    with stop.installed():
+        record.start(cfg)
+        try:
+            metrics = run(cfg, run_dir, stop)
+        except Preempted as err:
+            record.finish("preempted", err)
+            raise
+        except BaseException as err:
+            record.finish("failed", err)
+            raise
+        record.write_metrics(metrics)
+        record.finish("completed")
     print_summary(metrics, run_dir)
     return metrics
 
@@ -143,7 +166,10 @@ def main(cfg: DictConfig) -> float:
     """Returns the primary post-training metric, so Hydra sweepers can optimise it."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(cfg.output_dir or hydra_cfg.runtime.output_dir)
-    metrics = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
+    try:
+        metrics = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
+    except Preempted as err:
+        requeue_or_exit(err)  # submitit/SLURM requeue, or exit 75 (signals.PREEMPTED_EXIT_CODE)
     return metrics["post"]["student"][metrics["primary_metric"]]
 
 

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import datasets
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+C = TypeVar("C")
 
 
 class DataError(ValueError):
@@ -18,7 +22,7 @@ class TaskData:
     """Tokenized splits plus the facts the model loader and the evaluator need."""
 
     name: str
-    kind: str  # "classification" (more families arrive with their handlers)
+    kind: str  # "classification" | "causal_lm": picks the model head, the masks and the evaluator
     train: datasets.Dataset
     eval: datasets.Dataset
     collator: Callable[[list[dict[str, Any]]], dict[str, Any]]
@@ -26,8 +30,25 @@ class TaskData:
     metrics: list[str]
     primary_metric: str
     eval_split_name: str = "dev"
+    tokenizer: Any = None
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+
+def typed_config(schema: type[C], task_cfg: DictConfig | dict) -> C:
+    """Check a task node against its family's schema; unknown keys and wrong types fail here.
+
+    Task families differ in their fields, so the root schema types ``task`` loosely and each handler
+    checks its own node with this.
+    """
+    try:
+        # Resolve against the whole config first: paths interpolate ${paths.data}.
+        resolved = OmegaConf.to_container(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg) else task_cfg
+        merged = OmegaConf.merge(OmegaConf.structured(schema), resolved)
+    except OmegaConfBaseException as err:
+        name = task_cfg.get("name") if hasattr(task_cfg, "get") else None
+        raise DataError(f"task config {name!r}: {err}") from err
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 import datasets
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from farlab.data.base import DataError, TaskData
+from farlab.data.base import DataError, TaskData, typed_config
 from farlab.eval.metrics import METRICS
 from farlab.registry import unknown_choice_message
 
@@ -75,14 +74,7 @@ class GlueTaskConfig:
 
 
 def typed_task_config(task_cfg: DictConfig) -> GlueTaskConfig:
-    """Check the task node against the schema; unknown keys and wrong types fail here."""
-    try:
-        # Resolve against the whole config first: data_dir interpolates ${paths.data}.
-        resolved = OmegaConf.to_container(task_cfg, resolve=True) if OmegaConf.is_config(task_cfg) else task_cfg
-        merged = OmegaConf.merge(OmegaConf.structured(GlueTaskConfig), resolved)
-    except OmegaConfBaseException as err:
-        raise DataError(f"task config {task_cfg.get('name')!r}: {err}") from err
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    return typed_config(GlueTaskConfig, task_cfg)
 
 
 class GlueHandler:
@@ -129,6 +121,7 @@ class GlueHandler:
             metrics=list(cfg.metrics or layout.metrics),
             primary_metric=cfg.primary_metric or layout.primary_metric,
             eval_split_name=eval_name,
+            tokenizer=tokenizer,
             info={"train_rows": len(train_rows), "eval_rows": len(eval_rows)},
         )
 

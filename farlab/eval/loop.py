@@ -1,11 +1,13 @@
-"""The direct evaluation loop: a plain forward pass over a dataset, no nested Trainer.
+"""The direct evaluation loop: plain forward passes (or generation) over a dataset, no nested Trainer.
 
 A nested Trainer would bring its own logging, callbacks and state; evaluating teacher and student
-before and after training is a loop of forwards and an argmax, so it stays that simple.
+before and after training is a loop of forwards, so it stays that simple. One evaluator per task
+kind, chosen through :data:`EVALUATORS`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,30 +17,70 @@ from tqdm.auto import tqdm
 
 from farlab.data.base import TaskData
 from farlab.eval.metrics import compute_metrics
+from farlab.registry import Registry
+
+Predictor = Callable[[torch.nn.Module, TaskData, int, str, bool], tuple[list[Any], list[Any]]]
+EVALUATORS: Registry[Predictor] = Registry("task kind")
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@EVALUATORS.register("classification")
 @torch.no_grad()
 def predict_labels(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "eval", progress: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax predictions and gold labels of ``model`` on the task's evaluation split."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+) -> tuple[list[int], list[int]]:
+    """Argmax predictions and gold labels on the task's evaluation split."""
+    device = _device(model)
     loader = DataLoader(data.eval, batch_size=batch_size, shuffle=False, collate_fn=data.collator)
     preds, labels = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         batch = {k: v.to(device) for k, v in batch.items()}
         gold = batch.pop("labels")
-        logits = model(**batch).logits
-        preds.append(logits.argmax(dim=-1).cpu().numpy())
+        preds.append(model(**batch).logits.argmax(dim=-1).cpu().numpy())
         labels.append(gold.cpu().numpy())
-    model.train(was_training)
-    return np.concatenate(preds), np.concatenate(labels)
+    return np.concatenate(preds).tolist(), np.concatenate(labels).tolist()
+
+
+@EVALUATORS.register("causal_lm")
+@torch.no_grad()
+def generate_texts(
+    model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "generate", progress: bool = True
+) -> tuple[list[str], list[str]]:
+    """Batched generation from each eval prompt (left-padded), decoded without special tokens."""
+    tokenizer = data.tokenizer
+    gen = data.info["generation"]
+    device = _device(model)
+    batch_size = gen.get("batch_size") or batch_size
+    prompts, references = data.eval["prompt_ids"], data.eval["reference"]
+    outputs: list[str] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=not progress):
+        chunk = prompts[start : start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + list(p) for p in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+        generated = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=gen["max_new_tokens"],
+            num_beams=gen["num_beams"],
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        outputs += [t.strip() for t in tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)]
+    return outputs, list(references)
 
 
 def evaluate_model(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "eval", progress: bool = True
 ) -> dict[str, Any]:
-    preds, labels = predict_labels(model, data, batch_size, desc=desc, progress=progress)
-    return compute_metrics(data.metrics, preds, labels)
+    was_training = model.training
+    model.eval()
+    try:
+        predictions, references = EVALUATORS.get(data.kind)(model, data, batch_size, desc, progress)
+    finally:
+        model.train(was_training)
+    return compute_metrics(data.metrics, predictions, references)

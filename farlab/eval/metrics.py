@@ -1,22 +1,51 @@
-"""Task metrics, computed with scikit-learn (``evaluate.load`` needs the hub, which we cannot reach)."""
+"""Task metrics, one place per metric.
+
+Classification metrics come from scikit-learn, BLEU/chrF from sacrebleu, edit distance from
+rapidfuzz (``evaluate.load`` would fetch metric scripts from the hub, which we cannot reach).
+Every metric takes ``(predictions, references)``: label ids for classifiers, strings for generation.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
+import sacrebleu
+from rapidfuzz.distance import Levenshtein
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from farlab.registry import Registry
 
-MetricFn = Callable[[np.ndarray, np.ndarray], float]
+MetricFn = Callable[[Sequence[Any], Sequence[Any]], float]
 METRICS: Registry[MetricFn] = Registry("metric")
 
-METRICS.add("accuracy", lambda preds, labels: float(accuracy_score(labels, preds)))
-METRICS.add("f1", lambda preds, labels: float(f1_score(labels, preds, average="binary", zero_division=0)))
-METRICS.add("macro_f1", lambda preds, labels: float(f1_score(labels, preds, average="macro", zero_division=0)))
-METRICS.add("mcc", lambda preds, labels: float(matthews_corrcoef(labels, preds)))
+
+def _ids(values: Sequence[Any]) -> np.ndarray:
+    return np.asarray(values)
 
 
-def compute_metrics(names: Sequence[str], preds: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {name: METRICS.get(name)(np.asarray(preds), np.asarray(labels)) for name in names}
+METRICS.add("accuracy", lambda p, r: float(accuracy_score(_ids(r), _ids(p))))
+METRICS.add("f1", lambda p, r: float(f1_score(_ids(r), _ids(p), average="binary", zero_division=0)))
+METRICS.add("macro_f1", lambda p, r: float(f1_score(_ids(r), _ids(p), average="macro", zero_division=0)))
+METRICS.add("mcc", lambda p, r: float(matthews_corrcoef(_ids(r), _ids(p))))
+METRICS.add("bleu", lambda p, r: float(sacrebleu.corpus_bleu(list(p), [list(r)]).score))
+METRICS.add("chrf", lambda p, r: float(sacrebleu.corpus_chrf(list(p), [list(r)]).score))
+
+
+@METRICS.register("edit_similarity")
+def edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean of 1 - Levenshtein(p, r) / max(len(p), len(r)); two empty strings count as identical."""
+    scores = [Levenshtein.normalized_similarity(p, r) for p, r in zip(predictions, references, strict=True)]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+@METRICS.register("exact_match")
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of predictions equal to their reference after stripping surrounding whitespace."""
+    hits = [p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def compute_metrics(names: Sequence[str], predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
+    return {name: METRICS.get(name)(predictions, references) for name in names}

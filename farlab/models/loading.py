@@ -11,15 +11,41 @@ import copy
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+)
 
 from farlab.config import ConfigError
 from farlab.losses.objective import ModelShape
 from farlab.registry import Registry
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Head:
+    """Which Auto class builds a model for a task kind, and the config fields it needs."""
+
+    auto_class: Any
+    config_fields: dict[str, Any] = field(default_factory=dict)
+
+
+HEADS: Registry[Callable[[Any], Head]] = Registry("task kind")
+HEADS.add("classification", lambda data: Head(AutoModelForSequenceClassification, {"num_labels": data.num_labels}))
+HEADS.add("causal_lm", lambda data: Head(AutoModelForCausalLM))
+
+
+def head_for(data: Any) -> Head:
+    return HEADS.get(data.kind)(data)
+
 
 ModelBuilder = Callable[..., PreTrainedModel]
 MODEL_SOURCES: Registry[ModelBuilder] = Registry("model source")
@@ -36,26 +62,31 @@ def load_tokenizer(path: str) -> Any:
         raise ConfigError(f"cannot load a tokenizer from model.tokenizer={path!r}: {err}") from err
 
 
+def _attn_kwargs(attn_implementation: str | None) -> dict[str, str]:
+    return {"attn_implementation": attn_implementation} if attn_implementation else {}
+
+
 @MODEL_SOURCES.register("pretrained")
-def _pretrained(spec: Any, num_labels: int, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+def _pretrained(spec: Any, head: Head, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
+    local = Path(str(spec.path)).expanduser()
+    if str(spec.path).startswith((".", "/", "~")) and not local.is_dir():
+        raise ConfigError(f"model {spec.name!r}: path={spec.path!r} is not a folder")
     try:
-        return AutoModelForSequenceClassification.from_pretrained(spec.path, num_labels=num_labels, **kwargs)
+        return head.auto_class.from_pretrained(spec.path, **head.config_fields, **_attn_kwargs(attn_implementation))
     except OSError as err:
         raise ConfigError(f"cannot load model {spec.name!r} from path={spec.path!r}: {err}") from err
 
 
 @MODEL_SOURCES.register("config")
-def _from_config(spec: Any, num_labels: int, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
+def _from_config(spec: Any, head: Head, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
     fields = dict(spec.config)
-    config = AutoConfig.for_model(fields.pop("model_type"), num_labels=num_labels, **fields)
-    kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    return AutoModelForSequenceClassification.from_config(config, **kwargs)
+    config = AutoConfig.for_model(fields.pop("model_type"), **head.config_fields, **fields)
+    return head.auto_class.from_config(config, **_attn_kwargs(attn_implementation))
 
 
 @MODEL_SOURCES.register("from_teacher")
 def _from_teacher(
-    spec: Any, num_labels: int, attn_implementation: str | None, teacher: PreTrainedModel | None = None, **_: Any
+    spec: Any, head: Head, attn_implementation: str | None, teacher: PreTrainedModel | None = None, **_: Any
 ) -> PreTrainedModel:
     if teacher is None:
         raise ConfigError("model.student.source=from_teacher needs the teacher's base weights")
@@ -90,8 +121,8 @@ def shallow_copy(teacher: PreTrainedModel, blocks: list[int], attn_implementatio
     return student
 
 
-def build_model(spec: Any, num_labels: int, attn_implementation: str | None, **extra: Any) -> PreTrainedModel:
-    model = MODEL_SOURCES.get(spec.source)(spec, num_labels, attn_implementation, **extra)
+def build_model(spec: Any, head: Head, attn_implementation: str | None, **extra: Any) -> PreTrainedModel:
+    model = MODEL_SOURCES.get(spec.source)(spec, head, attn_implementation, **extra)
     log.info("built %s (%s): %.1fM parameters", spec.name, spec.source, model.num_parameters() / 1e6)
     return model
 
@@ -108,3 +139,13 @@ def check_vocab(model: PreTrainedModel, tokenizer: Any, role: str) -> None:
             f"the tokenizer has {len(tokenizer)} tokens but the {role}'s embedding has {rows} rows; "
             f"use a matching tokenizer or a model config with vocab_size >= {len(tokenizer)}"
         )
+
+
+def export_student(student: Any, tokenizer: Any, out_dir: Path) -> PreTrainedModel:
+    """Write final/: the student with any LoRA adapters merged, plus its tokenizer; returns that model."""
+    from farlab.models.lora import merged
+
+    model = merged(student)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return model

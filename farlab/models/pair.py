@@ -8,7 +8,9 @@ parameters have ``requires_grad=False`` and never reach the optimizer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 from typing import Any
 
 import torch
@@ -17,6 +19,29 @@ from transformers import PreTrainedModel
 
 from farlab.losses.base import DistillBatch, ModelView
 from farlab.losses.objective import DistillationObjective
+from farlab.registry import Registry
+
+Masks = tuple[Tensor, Tensor | None]  # (token_mask [B, T], response_mask [B, T] or None)
+MASKS: Registry = Registry("task kind")
+
+
+@MASKS.register("classification")
+def _classifier_masks(batch: dict[str, Tensor]) -> Masks:
+    """Logits are [B, C]: no response mask; features and attention use every real token."""
+    return batch["attention_mask"], None
+
+
+@MASKS.register("causal_lm")
+def _lm_masks(batch: dict[str, Tensor]) -> Masks:
+    """Only target tokens count (labels != -100): prompt and padding are masked for every term.
+
+    The logit at position t predicts token t + 1, so the response mask is the target mask shifted
+    left by one; hidden states and attention rows use the target positions themselves.
+    """
+    target = batch["labels"] != -100
+    response = torch.zeros_like(target)
+    response[:, :-1] = target[:, 1:]
+    return target.long(), response.long()
 
 
 class DistillationModule(nn.Module):
@@ -28,6 +53,7 @@ class DistillationModule(nn.Module):
         student: PreTrainedModel,
         teacher: PreTrainedModel | None,
         objective: DistillationObjective,
+        kind: str = "classification",
         teacher_trainable: bool = False,
         teacher_ce_weight: float = 1.0,
         detach_targets: bool = True,
@@ -36,6 +62,7 @@ class DistillationModule(nn.Module):
         self.student = student
         self.teacher = teacher
         self.objective = objective
+        self.masks = MASKS.get(kind)
         self.teacher_trainable = teacher_trainable and teacher is not None
         self.teacher_ce_weight = teacher_ce_weight
         self.detach_targets = detach_targets
@@ -55,24 +82,40 @@ class DistillationModule(nn.Module):
             "output_hidden_states": objective.needs_hidden_states,
             "output_attentions": objective.needs_attentions,
         }
-        student_out = self.student(**batch, **flags)
+        student_out = self.student(**accepted_inputs(self.student, batch), **flags)
         ce = student_out.loss
         if self.teacher is None or not objective.needs_teacher:
             return objective(None, ce, step, max_steps)
 
         teacher_grad = torch.enable_grad() if self.teacher_trainable else torch.no_grad()
         with teacher_grad:
-            teacher_out = self.teacher(**batch, **flags)
+            teacher_out = self.teacher(**accepted_inputs(self.teacher, batch), **flags)
+        token_mask, response_mask = self.masks(batch)
         distill = DistillBatch(
             student=_view(student_out),
             teacher=_view(teacher_out, detach=self.detach_targets or not self.teacher_trainable),
-            token_mask=batch["attention_mask"],
+            token_mask=token_mask,
+            response_mask=response_mask,
         )
         total, parts = objective(distill, ce, step, max_steps)
         if self.teacher_trainable:
             total = total + self.teacher_ce_weight * teacher_out.loss
             parts["teacher_ce"] = float(teacher_out.loss.detach())
         return total, parts
+
+
+@functools.lru_cache(maxsize=32)
+def _forward_params(forward: Any) -> frozenset[str] | None:
+    params = inspect.signature(forward).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None  # takes anything
+    return frozenset(params)
+
+
+def accepted_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The batch minus keys the model's forward does not take (e.g. DistilBERT has no token_type_ids)."""
+    accepted = _forward_params(type(model).forward)
+    return batch if accepted is None else {k: v for k, v in batch.items() if k in accepted}
 
 
 def _view(out: Any, detach: bool = False) -> ModelView:

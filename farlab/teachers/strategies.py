@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForSequenceClassification, PreTrainedModel, set_seed
+from transformers import PreTrainedModel, set_seed
 
 from farlab.data.base import TaskData
 from farlab.losses.objective import build_objective
 from farlab.losses.spec import LossConfig
-from farlab.models.loading import model_shape
+from farlab.models.loading import head_for, model_shape
 from farlab.models.pair import DistillationModule
 from farlab.registry import Registry
 from farlab.teachers.store import TeacherStore
@@ -53,7 +53,7 @@ def _sft(ctx: TeacherContext) -> PreTrainedModel:
     name = f"{cfg.task.name}-{cfg.model.teacher.name}-seed{cfg.seed}"
     path, _ = store.get_or_train(name, material, lambda out: train_sft_teacher(ctx, out))
     kwargs = {"attn_implementation": ctx.attn_implementation} if ctx.attn_implementation else {}
-    return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    return head_for(ctx.data).auto_class.from_pretrained(path, **kwargs)
 
 
 def sft_store_material(cfg: DictConfig) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def train_sft_teacher(ctx: TeacherContext, out_dir: Path) -> None:
     set_seed(cfg.seed)
     ce_only = OmegaConf.structured(LossConfig(name="ce", alpha=0.0, components={}))
     objective = build_objective(ce_only, cfg.layer_map, cfg.projection, model_shape(ctx.base_teacher), None)
-    pair = DistillationModule(ctx.base_teacher, None, objective)
+    pair = DistillationModule(ctx.base_teacher, None, objective, kind=ctx.data.kind)
     recipe = cfg.teacher_strategy.recipe
     settings = FitSettings.from_config(
         recipe,

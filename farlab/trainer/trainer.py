@@ -6,7 +6,9 @@ RNG/optimizer checkpointing and data-order resume; farlab only overrides what di
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +22,7 @@ from farlab.models.pair import DistillationModule
 from farlab.trainer import checkpoints
 
 EXTRAS_FILE = "farlab_extras.safetensors"  # projections and a co-trained teacher, beside the student
+STATE_FILE = "farlab_state.json"  # run totals and callback state (e.g. peak metrics), for exact resume
 
 
 class DistillationTrainer(Trainer):
@@ -28,10 +31,14 @@ class DistillationTrainer(Trainer):
         self.teacher_learning_rate = teacher_learning_rate
         self._part_sums: dict[str, float] = defaultdict(float)
         self._part_count = 0
+        # Run totals over every training micro-batch, checkpointed in STATE_FILE so a resumed run reports
+        # the same loss means as an uninterrupted one (the Trainer's own train_loss covers one train() call).
         self.component_totals: dict[str, float] = defaultdict(float)
         self.component_count = 0
+        self.loss_total = 0.0
         self.tokens_seen = 0
         self.train_seconds = 0.0
+        self._train_start: float | None = None
 
     @property
     def pair(self) -> DistillationModule:
@@ -46,23 +53,28 @@ class DistillationTrainer(Trainer):
         self._part_count += 1
         if model.training:
             self.tokens_seen += int(inputs["attention_mask"].sum())
+            for key, value in parts.items():
+                self.component_totals[key] += value
+            self.component_count += 1
+            self.loss_total += float(total.detach())
         return (total, None) if return_outputs else total
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._part_count:
             for key, value in self._part_sums.items():
-                mean = value / self._part_count
-                logs[f"loss/{key}"] = mean
-                self.component_totals[key] += mean
-            self.component_count += 1
+                logs[f"loss/{key}"] = value / self._part_count
             self._part_sums.clear()
             self._part_count = 0
         super().log(logs, start_time)
 
     def component_means(self) -> dict[str, float]:
-        """Mean of each logged loss component over the run's logging steps (for metrics.json)."""
+        """Mean of each loss component over all training micro-batches of the run (for metrics.json)."""
         n = max(self.component_count, 1)
         return {key: value / n for key, value in sorted(self.component_totals.items())}
+
+    def mean_loss(self) -> float | None:
+        """Mean training loss over all micro-batches of the run, across resumes (None before any step)."""
+        return self.loss_total / self.component_count if self.component_count else None
 
     # ---- optimizer --------------------------------------------------------------------------------
 
@@ -105,22 +117,60 @@ class DistillationTrainer(Trainer):
         staging_root = run_dir / checkpoints.STAGING_DIR
         name = f"checkpoint-{self.state.global_step}"
         keep = self.args.save_total_limit
+        shutil.rmtree(staging_root / name, ignore_errors=True)  # leftovers of a write killed mid-way
         self.args.output_dir, self.args.save_total_limit = str(staging_root), None
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir, self.args.save_total_limit = str(run_dir), keep
+        (staging_root / name / STATE_FILE).write_text(json.dumps(self._farlab_state(), indent=1))
         checkpoints.publish(staging_root / name, run_dir / name)
         checkpoints.rotate(run_dir, keep or 0)
 
     # ---- timing -----------------------------------------------------------------------------------
 
-    def train(self, *args: Any, **kwargs: Any):  # type: ignore[override]
-        start = time.perf_counter()
+    def _farlab_state(self) -> dict[str, Any]:
+        """What the Trainer's own checkpoint lacks: run totals, and callbacks' state (``checkpoint_state()``)."""
+        elapsed = time.perf_counter() - self._train_start if self._train_start is not None else 0.0
+        callbacks = {
+            type(cb).__name__: cb.checkpoint_state()
+            for cb in self.callback_handler.callbacks
+            if hasattr(cb, "checkpoint_state")
+        }
+        totals = {
+            "component_totals": dict(self.component_totals),
+            "component_count": self.component_count,
+            "loss_total": self.loss_total,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds + elapsed,
+        }
+        return {"totals": totals, "callbacks": callbacks}
+
+    def _restore_farlab_state(self, checkpoint: Path) -> None:
+        state_file = checkpoint / STATE_FILE
+        if not state_file.is_file():  # a checkpoint from before STATE_FILE existed: totals restart
+            return
+        state = json.loads(state_file.read_text())
+        totals = state["totals"]
+        self.component_totals = defaultdict(float, totals["component_totals"])
+        self.component_count = totals["component_count"]
+        self.loss_total = totals["loss_total"]
+        self.tokens_seen = totals["tokens_seen"]
+        self.train_seconds = totals["train_seconds"]
+        for cb in self.callback_handler.callbacks:
+            saved = state["callbacks"].get(type(cb).__name__)
+            if saved is not None and hasattr(cb, "load_checkpoint_state"):
+                cb.load_checkpoint_state(saved)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):  # type: ignore[override]
+        if isinstance(resume_from_checkpoint, (str, os.PathLike)):
+            self._restore_farlab_state(Path(resume_from_checkpoint))
+        self._train_start = time.perf_counter()
         try:
-            return super().train(*args, **kwargs)
+            return super().train(resume_from_checkpoint, *args, **kwargs)
         finally:
-            self.train_seconds += time.perf_counter() - start
+            self.train_seconds += time.perf_counter() - self._train_start
+            self._train_start = None
 
 
 def trainable_extras(pair: DistillationModule) -> dict[str, torch.Tensor]:
@@ -133,15 +183,25 @@ def trainable_extras(pair: DistillationModule) -> dict[str, torch.Tensor]:
 
 def load_pair_weights(pair: DistillationModule, checkpoint: Path) -> None:
     """Restore student (and extras) from a farlab checkpoint, refusing missing or unexpected keys."""
+    adapter_file = checkpoint / "adapter_model.safetensors"
     student_file = checkpoint / "model.safetensors"
-    if not student_file.is_file():
-        raise FileNotFoundError(f"{checkpoint} has no model.safetensors; not a farlab checkpoint")
-    state = safetensors.torch.load_file(str(student_file))
-    missing, unexpected = pair.student.load_state_dict(state, strict=False)
-    tied = set(getattr(pair.student, "_tied_weights_keys", None) or [])
-    missing = [k for k in missing if k not in tied]
-    if missing or unexpected:
-        raise RuntimeError(f"checkpoint {checkpoint} does not match the student: missing {missing}, unexpected {unexpected}")
+    if adapter_file.is_file():  # a LoRA student: the checkpoint holds its adapters (and saved heads)
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(pair.student, safetensors.torch.load_file(str(adapter_file)))
+        if result.unexpected_keys:
+            raise RuntimeError(f"checkpoint {checkpoint} has adapter keys the student lacks: {result.unexpected_keys}")
+    elif student_file.is_file():
+        state = safetensors.torch.load_file(str(student_file))
+        missing, unexpected = pair.student.load_state_dict(state, strict=False)
+        tied = set(getattr(pair.student, "_tied_weights_keys", None) or [])
+        missing = [k for k in missing if k not in tied]
+        if missing or unexpected:
+            raise RuntimeError(
+                f"checkpoint {checkpoint} does not match the student: missing {missing}, unexpected {unexpected}"
+            )
+    else:
+        raise FileNotFoundError(f"{checkpoint} holds neither model.safetensors nor adapters; not a farlab checkpoint")
     extras_file = checkpoint / EXTRAS_FILE
     if extras_file.is_file():
         extras = safetensors.torch.load_file(str(extras_file))

@@ -48,12 +48,15 @@ def test_unknown_config_group_option_lists_choices(compose_cfg, store_dir):
 
 
 def test_from_teacher_block_out_of_range_names_both_depths(compose_cfg, store_dir):
-    from farlab.models.loading import build_model
+    from transformers import AutoModelForSequenceClassification
+
+    from farlab.models.loading import Head, build_model
 
     cfg = compose_cfg(["model=minilm", "model.student.init_blocks=[1,3,7]"])
-    teacher = build_model(cfg.model.teacher, 2, None)
+    head = Head(AutoModelForSequenceClassification, {"num_labels": 2})
+    teacher = build_model(cfg.model.teacher, head, None)
     with pytest.raises(ConfigError, match=r"blocks \[7\] out of range; the teacher has 6 blocks \(valid: 1..6\)"):
-        build_model(cfg.model.student, 2, None, teacher=teacher)
+        build_model(cfg.model.student, head, None, teacher=teacher)
 
 
 def test_cli_bad_value_exits_nonzero_without_writing_metrics(tmp_path, store_dir):

@@ -1,0 +1,223 @@
+"""Translation with decoder-only models: prompt + target, loss on the target tokens only.
+
+Each example is ``prompt_ids + target_ids + eos``; labels are -100 on the prompt, so CE and every
+distillation term (through the response/token masks built from labels) see target tokens only.
+Data: two aligned plain-text files (line i of one translates line i of the other), e.g. Europarl,
+split into seeded train/validation/test parts; or a datasets hub name on online machines.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import datasets
+import torch
+from omegaconf import DictConfig
+
+from farlab.data.base import DataError, TaskData, typed_config
+from farlab.eval.metrics import METRICS
+from farlab.registry import unknown_choice_message
+
+SPLITS = ("validation", "test")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 64
+    num_beams: int = 1  # 1 = greedy
+    batch_size: int = 16
+
+
+@dataclass
+class TranslationTaskConfig:
+    name: str = "europarl_en_fr"
+    family: str = "translation"
+    source_file: Optional[str] = None
+    target_file: Optional[str] = None
+    hub_name: Optional[str] = None  # online machines: a datasets name with a "translation" column
+    hub_config: Optional[str] = None
+    source_lang: str = "English"
+    target_lang: str = "French"
+    source_key: str = "en"  # keys inside the hub dataset's "translation" dicts
+    target_key: str = "fr"
+    prompt_template: str = "Translate {source_lang} to {target_lang}.\n{source_lang}: {source}\n{target_lang}:"
+    use_chat_template: bool = False  # wrap the prompt with the tokenizer's chat template (instruct models)
+    max_length: int = 256  # prompt + target tokens
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.05
+    eval_split: str = "validation"  # validation | test
+    train_limit: Optional[int] = None
+    eval_limit: Optional[int] = None
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf"])
+    primary_metric: Optional[str] = "bleu"
+
+
+Pair = tuple[str, str]
+
+
+class TranslationHandler:
+    def validate(self, task_cfg: DictConfig) -> None:
+        cfg = typed_config(TranslationTaskConfig, task_cfg)
+        fields = {name for _, name, _, _ in string.Formatter().parse(cfg.prompt_template) if name}
+        if "source" not in fields:
+            raise DataError(
+                f"task.prompt_template={cfg.prompt_template!r} has no {{source}} field; the source sentence "
+                "must appear in the prompt"
+            )
+        unknown = fields - {"source", "source_lang", "target_lang"}
+        if unknown:
+            raise DataError(f"task.prompt_template uses unknown fields {sorted(unknown)}; valid: source, source_lang, target_lang")
+        if cfg.eval_split not in SPLITS:
+            raise DataError(unknown_choice_message("task.eval_split", cfg.eval_split, list(SPLITS)))
+        for metric in cfg.metrics:
+            if metric not in METRICS:
+                raise DataError(unknown_choice_message("metric", metric, METRICS.names()))
+        if (cfg.primary_metric or cfg.metrics[0]) not in cfg.metrics:
+            raise DataError(f"task.primary_metric={cfg.primary_metric!r} is not among task.metrics={cfg.metrics}")
+        if cfg.source_file is None and cfg.hub_name is None:
+            raise DataError(f"task {cfg.name!r}: set task.source_file and task.target_file, or task.hub_name")
+        if cfg.source_file is not None:
+            for role in ("source_file", "target_file"):
+                path = getattr(cfg, role)
+                if path is None or not Path(path).is_file():
+                    raise DataError(f"task.{role}={path!r} not found")
+            n_src, n_tgt = (_count_lines(Path(p)) for p in (cfg.source_file, cfg.target_file))
+            if n_src != n_tgt:
+                raise DataError(
+                    f"misaligned parallel files: {cfg.source_file} has {n_src} lines but {cfg.target_file} has "
+                    f"{n_tgt}; line i of one must translate line i of the other"
+                )
+
+    def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData:
+        cfg = typed_config(TranslationTaskConfig, task_cfg)
+        pairs = _load_pairs(cfg)
+        kept = [(s.strip(), t.strip()) for s, t in pairs if s.strip() and t.strip()]
+        unique = list(dict.fromkeys(kept))  # repeated pairs ("(Applause)") would leak across splits
+        splits = _split(unique, cfg, seed)
+        train = _limit(splits["train"], cfg.train_limit, seed)
+        evaluation = _limit(splits[cfg.eval_split], cfg.eval_limit, seed)
+        if not train or not evaluation:
+            raise DataError(
+                f"task {cfg.name!r}: empty split after dropping {len(pairs) - len(kept)} pairs with an empty side "
+                f"(train {len(train)}, {cfg.eval_split} {len(evaluation)})"
+            )
+        encoder = PromptEncoder(cfg, tokenizer)
+        return TaskData(
+            name=cfg.name,
+            kind="causal_lm",
+            train=datasets.Dataset.from_list([encoder.training_example(s, t) for s, t in train]),
+            eval=datasets.Dataset.from_list([encoder.eval_example(s, t) for s, t in evaluation]),
+            collator=CausalLMCollator(tokenizer.pad_token_id),
+            label_names=[],
+            metrics=list(cfg.metrics),
+            primary_metric=cfg.primary_metric or cfg.metrics[0],
+            eval_split_name=cfg.eval_split,
+            tokenizer=tokenizer,
+            info={
+                "dropped_empty_pairs": len(pairs) - len(kept),
+                "dropped_duplicate_pairs": len(kept) - len(unique),
+                "split_sizes": {k: len(v) for k, v in splits.items()},
+                "generation": vars(cfg.generation),
+            },
+        )
+
+
+class PromptEncoder:
+    """Builds token ids for training (prompt + target + eos, labels masked on the prompt) and for eval."""
+
+    def __init__(self, cfg: TranslationTaskConfig, tokenizer: Any) -> None:
+        if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
+            raise DataError("the tokenizer needs eos and pad tokens for translation (set tokenizer.pad_token)")
+        self.cfg, self.tokenizer = cfg, tokenizer
+
+    def prompt_ids(self, source: str, budget: int | None = None) -> list[int]:
+        """Token ids of the prompt; when longer than ``budget``, the source sentence is cut, not the template."""
+        ids = self._encode_prompt(source)
+        if budget is not None and len(ids) > budget:
+            source_ids = self.tokenizer(source, add_special_tokens=False)["input_ids"]
+            keep = max(len(source_ids) - (len(ids) - budget), 1)
+            ids = self._encode_prompt(self.tokenizer.decode(source_ids[:keep]))[-budget:]
+        return ids
+
+    def _encode_prompt(self, source: str) -> list[int]:
+        cfg = self.cfg
+        text = cfg.prompt_template.format(source=source, source_lang=cfg.source_lang, target_lang=cfg.target_lang)
+        if cfg.use_chat_template:
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text)["input_ids"]
+
+    def training_example(self, source: str, target: str) -> dict[str, list[int]]:
+        answer = self.tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        limit = self.cfg.max_length
+        prompt = self.prompt_ids(source, budget=limit - min(len(answer), limit // 2))
+        answer = answer[: limit - len(prompt)]
+        return {
+            "input_ids": prompt + answer,
+            "attention_mask": [1] * (len(prompt) + len(answer)),
+            "labels": [-100] * len(prompt) + answer,
+        }
+
+    def eval_example(self, source: str, target: str) -> dict[str, Any]:
+        prompt = self.prompt_ids(source, budget=self.cfg.max_length // 2)
+        return {**self.training_example(source, target), "prompt_ids": prompt, "source": source, "reference": target}
+
+
+class CausalLMCollator:
+    """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) for training."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+
+        def pad(key: str, value: int) -> torch.Tensor:
+            return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
+
+        return {
+            "input_ids": pad("input_ids", self.pad_token_id),
+            "attention_mask": pad("attention_mask", 0),
+            "labels": pad("labels", -100),
+        }
+
+
+def _count_lines(path: Path) -> int:
+    return len(path.read_text(encoding="utf-8").splitlines())
+
+
+def _load_pairs(cfg: TranslationTaskConfig) -> list[Pair]:
+    if cfg.source_file is not None:
+        sources = Path(cfg.source_file).read_text(encoding="utf-8").splitlines()
+        targets = Path(cfg.target_file).read_text(encoding="utf-8").splitlines()
+        return list(zip(sources, targets, strict=True))
+    ds = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split="train")  # online machines only
+    return [(ex["translation"][cfg.source_key], ex["translation"][cfg.target_key]) for ex in ds]
+
+
+def _split(pairs: list[Pair], cfg: TranslationTaskConfig, seed: int) -> dict[str, list[Pair]]:
+    shuffled = pairs[:]
+    random.Random(seed).shuffle(shuffled)
+    n_val = max(1, round(len(shuffled) * cfg.validation_fraction))
+    n_test = max(1, round(len(shuffled) * cfg.test_fraction))
+    return {
+        "validation": shuffled[:n_val],
+        "test": shuffled[n_val : n_val + n_test],
+        "train": shuffled[n_val + n_test :],
+    }
+
+
+def _limit(pairs: list[Pair], limit: int | None, seed: int) -> list[Pair]:
+    return pairs if limit is None else pairs[:limit]  # already shuffled by the seeded split
+
+
+from farlab.data import TASK_FAMILIES  # noqa: E402
+
+TASK_FAMILIES.add("translation", TranslationHandler())
