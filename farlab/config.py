@@ -82,10 +82,20 @@ class TeacherRecipe:
 
 
 @dataclass
+class CotrainConfig:
+    """How a co-trained teacher learns alongside the student."""
+
+    ce_weight: float = 1.0  # weight of the teacher's own task CE in the joint loss
+    learning_rate: Optional[float] = None  # None = the student's learning rate
+    detach_targets: bool = True  # distillation targets carry no gradient into the teacher
+
+
+@dataclass
 class TeacherStrategyConfig:
     name: str = "frozen_sft"
     init: str = "sft"  # sft | base
     trainable: bool = False
+    cotrain: CotrainConfig = field(default_factory=CotrainConfig)
     recipe: TeacherRecipe = field(default_factory=TeacherRecipe)
     store_dir: str = "${oc.env:FARLAB_TEACHER_STORE,${oc.env:HOME}/.cache/farlab/teachers}"
 
@@ -208,6 +218,13 @@ def validate_config(cfg: DictConfig) -> None:
             all(int(b) >= 1 for b in blocks),
             f"model.student.init_blocks={list(blocks)}: blocks are numbered from 1 (0 is the embedding output)",
         )
+
+    cotrain = ts.cotrain
+    _require(cotrain.ce_weight >= 0, f"teacher_strategy.cotrain.ce_weight={cotrain.ce_weight} must be >= 0")
+    _require(
+        cotrain.learning_rate is None or cotrain.learning_rate > 0,
+        f"teacher_strategy.cotrain.learning_rate={cotrain.learning_rate} must be > 0 or null",
+    )
 
     tr = cfg.train
     _require(tr.batch_size >= 1, f"train.batch_size={tr.batch_size} must be >= 1")

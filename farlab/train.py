@@ -82,7 +82,16 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
 
     set_seed(cfg.seed)
     objective = build_objective(cfg.loss, cfg.layer_map, cfg.projection, *shapes)
-    pair = DistillationModule(student, teacher, objective, kind=data.kind, teacher_trainable=trainable_teacher)
+    cotrain = cfg.teacher_strategy.cotrain
+    pair = DistillationModule(
+        student,
+        teacher,
+        objective,
+        kind=data.kind,
+        teacher_trainable=trainable_teacher,
+        teacher_ce_weight=cotrain.ce_weight,
+        detach_targets=cotrain.detach_targets,
+    )
 
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
     pre = {"student": evaluate_model(student, data, eval_bs, "pre-eval student", progress)}
@@ -93,6 +102,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         cfg.train,
         report_to=("wandb",) if cfg.wandb.mode != "disabled" else (),
         run_name=run_dir.name,
+        teacher_learning_rate=cotrain.learning_rate if trainable_teacher else None,
     )
     stop = stop or GracefulStop()
     trainer = make_trainer(pair, data, tokenizer, run_dir, settings, cfg.seed, callbacks=[stop])

@@ -121,3 +121,34 @@ def test_failed_run_records_status_and_error(compose_cfg, tmp_path, store_dir, m
     meta = json.loads((run_dir / "run_metadata.json").read_text())
     assert meta["status"] == "failed" and "simulated crash" in meta["error"]
     assert not (run_dir / "metrics.json").exists()
+
+
+def test_cotrained_teacher_changes_and_is_evaluated_before_and_after(compose_cfg, tmp_path, store_dir, monkeypatch):
+    captured = {}
+    from farlab.teachers import strategies
+
+    original = strategies.prepare_teacher
+
+    def capture(ctx):
+        teacher = original(ctx)
+        captured["teacher"] = teacher
+        captured["before"] = {k: v.clone() for k, v in teacher.state_dict().items()}
+        return teacher
+
+    monkeypatch.setattr("farlab.train.prepare_teacher", capture)
+    overrides = tiny_overrides(
+        store_dir,
+        teacher_strategy="cotrain_base",
+        **{"teacher_strategy.cotrain.learning_rate": 1e-3, "teacher_strategy.cotrain.ce_weight": 0.5},
+    )
+    metrics = _run(compose_cfg, tmp_path / "cotrain", overrides)
+    after = captured["teacher"].state_dict()
+    assert any(not torch.equal(captured["before"][k], after[k]) for k in after)
+    assert set(metrics["post"]) == {"student", "teacher"}
+    assert "teacher_ce" in metrics["loss_components"]
+    # The transfer gap uses the co-trained teacher as it ended.
+    gap = metrics["transfer_gap"]
+    expected = metrics["post"]["teacher"]["mcc"] - metrics["pre"]["student"]["mcc"]
+    assert gap["teacher_advantage"] == pytest.approx(expected)
+    # The co-trained teacher is saved beside the student in every checkpoint.
+    assert (tmp_path / "cotrain" / "checkpoint-4" / "farlab_extras.safetensors").is_file()
