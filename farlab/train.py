@@ -50,8 +50,12 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     set_threads(cfg.train.num_threads)
     needs_teacher, needs_attention = loss_requirements(cfg.loss)
     attn = "eager" if needs_attention else cfg.model.attn_implementation
-    if needs_attention and cfg.model.attn_implementation not in (None, "eager"):
-        log.info("attention loss configured: switching attn_implementation %s -> eager", cfg.model.attn_implementation)
+    if needs_attention and cfg.model.attn_implementation != "eager":
+        # sdpa/flash kernels return no attention maps (an empty tuple), which would silently zero the loss.
+        log.info(
+            "attention loss configured: switching attn_implementation %s -> eager",
+            cfg.model.attn_implementation or "default (sdpa)",
+        )
 
     tokenizer = load_tokenizer(cfg.model.tokenizer)
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
