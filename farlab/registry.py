@@ -1,38 +1,52 @@
 """String-keyed registries with "did you mean" errors.
 
-Every pluggable piece (task handler, metric, teacher strategy, model source) is one entry in a
-registry, so adding one never grows an if-chain in the training path.
+Every pluggable piece (loss fn, layer map, projection, task family, metric, teacher strategy, model
+source, backend) is one entry in a registry, so adding one never grows an if-chain, and a typo in a
+config name fails the same way everywhere, before any model loads.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar, overload
 
 T = TypeVar("T")
 
 
-def unknown_choice_message(kind: str, name: object, choices: list[str]) -> str:
-    """The one wording for every "unknown name" error: the bad value, the valid ones, a suggestion."""
-    msg = f"unknown {kind} {name!r}; valid choices: {', '.join(sorted(choices))}"
+def unknown_choice_message(kind: str, name: object, choices: Iterable[str], context: str = "") -> str:
+    """``unknown <kind> 'x'[ for <context>]; valid: a, b, c[; did you mean 'y'?]``."""
+    choices = sorted(choices)
+    where = f" for {context}" if context else ""
+    msg = f"unknown {kind} {name!r}{where}; valid: {', '.join(choices)}"
     close = difflib.get_close_matches(str(name), choices, n=1)
     if close:
-        msg += f". Did you mean {close[0]!r}?"
+        msg += f"; did you mean {close[0]!r}?"
     return msg
 
 
 class Registry(Generic[T]):
-    """A named mapping from string keys to entries."""
+    """A named mapping from config names to entries."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
-        def decorator(entry: T) -> T:
-            self.add(name, entry)
+    @overload
+    def register(self, name: str) -> Callable[[T], T]: ...
+
+    @overload
+    def register(self, name: str, entry: T) -> T: ...
+
+    def register(self, name: str, entry: object = None) -> object:
+        """``REG.register("x", obj)`` adds ``obj``; ``@REG.register("x")`` decorates a definition."""
+        if entry is not None:
+            self.add(name, entry)  # type: ignore[arg-type]
             return entry
+
+        def decorator(item: T) -> T:
+            self.add(name, item)
+            return item
 
         return decorator
 
@@ -41,9 +55,9 @@ class Registry(Generic[T]):
             raise KeyError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, context: str = "") -> T:
         if name not in self._entries:
-            raise ValueError(unknown_choice_message(self.kind, name, list(self._entries)))
+            raise ValueError(unknown_choice_message(self.kind, name, self._entries, context))
         return self._entries[name]
 
     def names(self) -> list[str]:
@@ -53,4 +67,7 @@ class Registry(Generic[T]):
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)

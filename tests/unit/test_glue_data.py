@@ -83,5 +83,5 @@ def test_missing_train_file_is_refused_before_models_load(tmp_path: Path):
 def test_unknown_task_key_and_unknown_glue_task():
     with pytest.raises(DataError, match="max_lenght"):
         validate_task_config(_task(name="cola", data_dir="x", max_lenght=3))
-    with pytest.raises(DataError, match=r"unknown GLUE task 'colaa'.*Did you mean 'cola'"):
+    with pytest.raises(DataError, match=r"unknown GLUE task 'colaa'.*did you mean 'cola'"):
         validate_task_config(_task(name="colaa", data_dir="x"))

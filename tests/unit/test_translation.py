@@ -67,7 +67,7 @@ def test_test_split_is_selectable_and_disjoint_from_validation():
         ({"prompt_template": "Translate: {sentence}"}, r"has no \{source\} field"),
         ({"eval_split": "dev"}, r"unknown task.eval_split 'dev'"),
         ({"source_file": "/nope.en"}, r"task.source_file='/nope.en' not found"),
-        ({"metrics": ["blue"]}, r"unknown metric 'blue'.*Did you mean 'bleu'"),
+        ({"metrics": ["blue"]}, r"unknown metric 'blue'.*did you mean 'bleu'"),
     ],
 )
 def test_bad_translation_configs(fields, pattern):

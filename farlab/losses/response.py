@@ -1,0 +1,154 @@
+"""Response (logit) distillation: compare the student's output distribution with the teacher's.
+
+Three ways to get there, one divergence implementation (:mod:`farlab.losses.divergences`):
+
+* dense: ``student.logits`` ``[B, C]`` (classifier, ``response_mask=None`` -> batch mean) or ``[B, T, V]``
+  (LM, masked by ``response_mask``; position ``t`` compares the two next-token distributions at ``t``,
+  so the collator's mask must mark the positions whose *prediction* is a response token);
+* chunked (``chunk_size`` set, student gives ``final_hidden`` + ``lm_head``): only the response rows
+  are projected, ``chunk_size`` rows at a time, and the full ``[B*T, V]`` logits never exist
+  (:mod:`farlab.losses.chunked`). Same value and gradients as dense;
+* sparse: the teacher gives ``TopK(ids, logprobs)`` (cache / server backends); ``topk_tail`` picks
+  ``renormalize`` (drop the mass outside the top-k) or ``bucket`` (keep it as one extra outcome), see
+  :func:`farlab.losses.divergences.topk_logprobs`.
+
+The loss never detaches the teacher itself: gradients reach the teacher exactly when its tensors require
+grad (the caller detaches frozen teachers; co-training without detached targets is mutual learning), on
+the dense and the chunked path alike. Teacher sources are used in this order: ``logits``, then
+``final_hidden`` + ``lm_head``, then ``topk`` (never differentiable).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from farlab.losses.base import DistillBatch, LossComponent, ModelView, TopK
+from farlab.losses.chunked import Stream, chunked_rows_sum
+from farlab.losses.divergences import (
+    DIVERGENCES,
+    TOPK_TAILS,
+    divergence,
+    divergence_from_logprobs,
+    masked_mean,
+    topk_logprobs,
+)
+
+RESPONSE_FNS = DIVERGENCES  # kl reverse_kl jsd symmetric_kl tvd skew_kl skew_reverse_kl ce mse cosine
+
+TeacherTarget = Tensor | TopK
+
+
+class ResponseLoss(LossComponent):
+    """``masked_mean(divergence(fn)(student, teacher), response_mask)``; fn from :data:`RESPONSE_FNS`."""
+
+    kind = "response"
+
+    def __init__(
+        self,
+        fn: str = "kl",
+        temperature: float = 2.0,
+        beta: float = 0.5,
+        skew: float = 0.1,
+        chunk_size: int | None = None,
+        topk_tail: str = "renormalize",
+    ) -> None:
+        super().__init__()
+        RESPONSE_FNS.get(fn, context="component 'response'")
+        if topk_tail not in TOPK_TAILS:
+            raise ValueError(f"unknown topk_tail {topk_tail!r}; valid: {', '.join(TOPK_TAILS)}")
+        if chunk_size is not None and chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}")
+        self.fn, self.temperature, self.beta, self.skew = fn, temperature, beta, skew
+        self.chunk_size, self.topk_tail = chunk_size, topk_tail
+
+    @property
+    def needs_final_hidden(self) -> bool:
+        """True when the trainer should pass ``final_hidden`` + ``lm_head`` instead of full logits."""
+        return self.chunk_size is not None
+
+    def extra_repr(self) -> str:
+        return f"fn={self.fn}, T={self.temperature}, chunk_size={self.chunk_size}, topk_tail={self.topk_tail}"
+
+    # ------------------------------------------------------------------ math on one block of rows
+
+    def values(self, student_logits: Tensor, teacher: TeacherTarget) -> Tensor:
+        """Per-position loss for student logits ``[..., V]`` against dense logits or a TopK teacher."""
+        kw = dict(temperature=self.temperature, beta=self.beta, skew=self.skew)
+        if isinstance(teacher, TopK):
+            ls, lt = topk_logprobs(
+                student_logits, teacher.ids, teacher.logprobs, temperature=self.temperature, tail=self.topk_tail
+            )
+            return divergence_from_logprobs(self.fn, ls, lt, **kw)
+        return divergence(self.fn, student_logits, teacher, **kw)
+
+    # ------------------------------------------------------------------ entry point
+
+    def forward(self, batch: DistillBatch) -> Tensor:
+        s = batch.student
+        if self.chunk_size is not None and s.final_hidden is not None and s.lm_head is not None:
+            return self._chunked(batch)
+        if s.logits is None:
+            raise ValueError(
+                "ResponseLoss needs student logits, or final_hidden + lm_head together with chunk_size"
+            )
+        values = self.values(s.logits, _dense_teacher(batch.teacher))
+        return masked_mean(values, batch.response_mask if s.logits.dim() > 2 else None)
+
+    def _chunked(self, batch: DistillBatch) -> Tensor:
+        s, t = batch.student, batch.teacher
+        assert s.final_hidden is not None and s.lm_head is not None
+        flat = s.final_hidden.reshape(-1, s.final_hidden.shape[-1])
+        n_rows = flat.shape[0]
+        mask = batch.response_mask
+        rows = (torch.arange(n_rows, device=flat.device) if mask is None
+                else mask.reshape(-1).nonzero().squeeze(1))  # no rows -> 0 with zero gradients
+        streams = [Stream(flat, s.lm_head)]
+        topk = None
+        if t.logits is not None:
+            streams.append(Stream(t.logits.reshape(n_rows, -1)))
+        elif t.final_hidden is not None and t.lm_head is not None:
+            streams.append(Stream(t.final_hidden.reshape(n_rows, -1), t.lm_head))
+        elif t.topk is not None:
+            k = t.topk.ids.shape[-1]
+            topk = (t.topk.ids.reshape(n_rows, k), t.topk.logprobs.reshape(n_rows, k))
+        else:
+            raise ValueError(_NO_TEACHER)
+
+        def chunk_sum(outs: list[Tensor], idx: Tensor) -> Tensor:
+            teacher = outs[1] if topk is None else TopK(topk[0].index_select(0, idx), topk[1].index_select(0, idx))
+            return self.values(outs[0], teacher).sum()
+
+        total = chunked_rows_sum(streams, rows, chunk_sum, self.chunk_size or 1)
+        return total / max(rows.numel(), 1)
+
+
+_NO_TEACHER = "ResponseLoss needs teacher logits, final_hidden + lm_head, or topk; got none"
+
+
+def _dense_teacher(t: ModelView) -> TeacherTarget:
+    if t.logits is not None:
+        return t.logits
+    if t.final_hidden is not None and t.lm_head is not None:
+        return t.lm_head(t.final_hidden)
+    if t.topk is not None:
+        return t.topk
+    raise ValueError(_NO_TEACHER)
+
+
+def chunked_lm_cross_entropy(
+    final_hidden: Tensor, lm_head: torch.nn.Module, labels: Tensor, chunk_size: int, ignore_index: int = -100
+) -> Tensor:
+    """Token-mean CE of ``lm_head(final_hidden)`` vs ``labels`` without materialising the logits.
+
+    ``labels`` must already be aligned with positions (label at ``t`` is the target of the logits at
+    ``t``, i.e. shifted by the caller). Lets a trainer using the chunked response path skip full logits.
+    """
+    flat = final_hidden.reshape(-1, final_hidden.shape[-1])
+    targets = labels.reshape(-1)
+    rows = (targets != ignore_index).nonzero().squeeze(1)
+
+    def chunk_sum(outs: list[Tensor], idx: Tensor) -> Tensor:
+        return torch.nn.functional.cross_entropy(outs[0].float(), targets.index_select(0, idx), reduction="sum")
+
+    return chunked_rows_sum([Stream(flat, lm_head)], rows, chunk_sum, chunk_size) / max(rows.numel(), 1)
