@@ -40,6 +40,7 @@ def build_task_data(task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData
 
 # Handlers register themselves on import.
 from farlab.data import glue as _glue  # noqa: E402,F401
+from farlab.data import ocr as _ocr  # noqa: E402,F401
 from farlab.data import translation as _translation  # noqa: E402,F401
 
 __all__ = ["DataError", "TaskData", "TASK_FAMILIES", "build_task_data", "validate_task_config"]

@@ -74,6 +74,38 @@ def generate_texts(
     return outputs, list(references)
 
 
+@EVALUATORS.register("vision_lm")
+@torch.no_grad()
+def generate_from_images(
+    model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "generate", progress: bool = True
+) -> tuple[list[str], list[str]]:
+    """Batched generation from image prompts; the task's prompt collator runs the processor and left-pads.
+
+    Predictions and references go through the task's text normaliser (e.g. whitespace) before the metrics.
+    """
+    gen = data.info["generation"]
+    tokenizer = getattr(data.tokenizer, "tokenizer", data.tokenizer)  # the processor's text half
+    normalize = data.info.get("normalize") or (lambda text: text)
+    device = _device(model)
+    loader = DataLoader(data.eval, batch_size=gen.get("batch_size") or batch_size, shuffle=False,
+                        collate_fn=data.info["prompt_collator"])
+    outputs: list[str] = []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        width = batch["input_ids"].shape[1]
+        generated = model.generate(
+            **batch,
+            max_new_tokens=gen["max_new_tokens"],
+            num_beams=gen["num_beams"],
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+        outputs += [normalize(t.strip()) for t in texts]
+    return outputs, [normalize(r) for r in data.eval["reference"]]
+
+
 def evaluate_model(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "eval", progress: bool = True
 ) -> dict[str, Any]:

@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 PEFT_TASK_TYPES: Registry[TaskType] = Registry("task kind")
 PEFT_TASK_TYPES.add("classification", TaskType.SEQ_CLS)  # keeps the fresh classifier head trainable
 PEFT_TASK_TYPES.add("causal_lm", TaskType.CAUSAL_LM)
+PEFT_TASK_TYPES.add("vision_lm", TaskType.CAUSAL_LM)  # the VLM forward takes pixel_values etc. as kwargs
 
 
 def apply_lora(model: PreTrainedModel, lora: Any, kind: str) -> PeftModel:
@@ -25,7 +26,17 @@ def apply_lora(model: PreTrainedModel, lora: Any, kind: str) -> PeftModel:
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules) if lora.target_modules else None,
     )
-    peft_model = get_peft_model(model, config)
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as err:
+        if config.target_modules is not None:
+            raise
+        from farlab.config import ConfigError
+
+        raise ConfigError(
+            f"PEFT has no default LoRA target modules for model_type {model.config.model_type!r}; set "
+            "model.student.lora.target_modules (and model.teacher's), e.g. [q_proj, k_proj, v_proj, o_proj]"
+        ) from err
     trainable, total = peft_model.get_nb_trainable_parameters()
     log.info("LoRA r=%d alpha=%d: %.2fM of %.1fM parameters train", lora.r, lora.alpha, trainable / 1e6, total / 1e6)
     return peft_model
