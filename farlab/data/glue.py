@@ -114,7 +114,10 @@ class GlueHandler:
         return TaskData(
             name=cfg.name,
             kind="classification",
-            train=_tokenize(train_rows, tokenizer, cfg.max_length),
+            # example_id: the row's index, so a teacher cache can look the row up (models never see it)
+            train=_tokenize(train_rows, tokenizer, cfg.max_length).add_column(
+                "example_id", list(range(len(train_rows)))
+            ),
             eval=_tokenize(eval_rows, tokenizer, cfg.max_length),
             collator=DataCollatorWithPadding(tokenizer),
             label_names=list(layout.labels),

@@ -110,7 +110,10 @@ class TranslationHandler:
         return TaskData(
             name=cfg.name,
             kind="causal_lm",
-            train=datasets.Dataset.from_list([encoder.training_example(s, t) for s, t in train]),
+            # example_id: the row's index, so a teacher cache can look the row up (models never see it)
+            train=datasets.Dataset.from_list(
+                [{**encoder.training_example(s, t), "example_id": i} for i, (s, t) in enumerate(train)]
+            ),
             eval=datasets.Dataset.from_list([encoder.eval_example(s, t) for s, t in evaluation]),
             collator=CausalLMCollator(tokenizer.pad_token_id),
             label_names=[],
@@ -171,7 +174,7 @@ class PromptEncoder:
 
 
 class CausalLMCollator:
-    """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) for training."""
+    """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) for training; passes example_id."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
@@ -182,11 +185,14 @@ class CausalLMCollator:
         def pad(key: str, value: int) -> torch.Tensor:
             return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
 
-        return {
+        batch = {
             "input_ids": pad("input_ids", self.pad_token_id),
             "attention_mask": pad("attention_mask", 0),
             "labels": pad("labels", -100),
         }
+        if "example_id" in features[0]:
+            batch["example_id"] = torch.tensor([f["example_id"] for f in features])
+        return batch
 
 
 def _count_lines(path: Path) -> int:

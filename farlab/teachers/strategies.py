@@ -30,10 +30,20 @@ log = logging.getLogger(__name__)
 @dataclass
 class TeacherContext:
     cfg: DictConfig
-    base_teacher: PreTrainedModel
+    base_teacher: PreTrainedModel | None  # None: built on first use by base() (cache/openai backends may not need it)
     data: TaskData
     tokenizer: Any
     attn_implementation: str | None
+
+    def base(self) -> PreTrainedModel:
+        """The base teacher, built (seeded as in train.py) the first time a strategy needs it."""
+        if self.base_teacher is None:
+            from farlab.models.loading import build_model, check_vocab
+
+            set_seed(self.cfg.seed)
+            self.base_teacher = build_model(self.cfg.model.teacher, head_for(self.data), self.attn_implementation)
+            check_vocab(self.base_teacher, self.tokenizer, "teacher")
+        return self.base_teacher
 
 
 TeacherInit = Callable[[TeacherContext], PreTrainedModel]
@@ -42,7 +52,7 @@ TEACHER_INITS: Registry[TeacherInit] = Registry("teacher_strategy.init")
 
 @TEACHER_INITS.register("base")
 def _base(ctx: TeacherContext) -> PreTrainedModel:
-    return ctx.base_teacher
+    return ctx.base()
 
 
 @TEACHER_INITS.register("sft")
@@ -72,8 +82,8 @@ def train_sft_teacher(ctx: TeacherContext, out_dir: Path) -> None:
     cfg = ctx.cfg
     set_seed(cfg.seed)
     ce_only = OmegaConf.structured(LossConfig(name="ce", alpha=0.0, components={}))
-    objective = build_objective(ce_only, cfg.layer_map, cfg.projection, model_shape(ctx.base_teacher), None)
-    pair = DistillationModule(ctx.base_teacher, None, objective, kind=ctx.data.kind)
+    objective = build_objective(ce_only, cfg.layer_map, cfg.projection, model_shape(ctx.base()), None)
+    pair = DistillationModule(ctx.base(), None, objective, kind=ctx.data.kind)
     recipe = cfg.teacher_strategy.recipe
     settings = FitSettings.from_config(
         recipe,
@@ -83,7 +93,7 @@ def train_sft_teacher(ctx: TeacherContext, out_dir: Path) -> None:
     )
     trainer = make_trainer(pair, ctx.data, ctx.tokenizer, out_dir / "run", settings, cfg.seed)
     trainer.train()
-    ctx.base_teacher.save_pretrained(out_dir)
+    ctx.base().save_pretrained(out_dir)
     ctx.tokenizer.save_pretrained(out_dir)
 
 

@@ -35,13 +35,13 @@ def test_every_group_yaml_validates_and_matches_its_file_name():
     for path in sorted((CONF / "loss").glob("*.yaml")):
         cfg = load("loss", path.stem, LossConfig)
         validate_loss_config(cfg)
-        assert cfg.name == path.stem and cfg.temperature == 2.0
+        assert cfg.name == path.stem and cfg.temperature == (1.0 if path.stem == "gkd" else 2.0)  # GKD: untempered JSD
     for path in (CONF / "layer_map").glob("*.yaml"):
         validate_layer_map_config(load("layer_map", path.stem, LayerMapConfig))
     for path in (CONF / "projection").glob("*.yaml"):
         validate_projection_config(load("projection", path.stem, ProjectionConfig))
     expected = {"ce", "combined_ce", "attention_kl", "feature_mse", "feature_cosine", "staged_r_then_f",
-                "staged_ramp_features"} | {f"response_{f}" for f in
+                "staged_ramp_features", "gkd"} | {f"response_{f}" for f in
                                            ["kl", "reverse_kl", "mse", "cosine", "ce", "jsd", "symmetric_kl", "tvd"]}
     expected |= {f"combined_{k}" for k in ["f", "a", "r", "fr", "fa", "ar", "far"]}
     assert {p.stem for p in (CONF / "loss").glob("*.yaml")} == expected

@@ -1,0 +1,73 @@
+"""The interface every teacher backend implements: a training batch in, a teacher :class:`ModelView` out.
+
+A backend hides *where* teacher outputs come from (the in-process model, a cache on disk, a server), so
+:class:`~farlab.models.pair.DistillationModule` and every loss stay the same whichever one a run uses.
+Dense teachers fill ``ModelView.logits``; sparse ones fill ``ModelView.topk`` with the teacher's *untempered*
+(T = 1) top-k log-probs, which the response loss softens itself (:func:`farlab.losses.divergences.topk_logprobs`).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from farlab.losses.base import ModelView, TopK
+
+DEFAULT_TOP_K = 20  # cache/openai with teacher.top_k=null; vLLM's default --max-logprobs cap
+BATCH_METADATA = ("example_id",)  # batch keys that are bookkeeping, never model inputs
+
+
+@dataclass
+class TeacherOutput:
+    """One backend call: the teacher's view, its own CE (co-trained hf teachers only), forwards it ran."""
+
+    view: ModelView
+    loss: Tensor | None = None
+    forwards: int = 1  # teacher forward passes this call cost (0 for a cache read)
+
+
+class TeacherBackend(ABC):
+    """Turns a training batch into the teacher's view of it."""
+
+    name: ClassVar[str] = "backend"
+
+    @abstractmethod
+    def __call__(
+        self, batch: dict[str, Tensor], *, hidden_states: bool, attentions: bool, grad: bool, detach: bool
+    ) -> TeacherOutput:
+        """``batch`` is the collated batch (``example_id`` included); flags say what the losses need."""
+
+
+@dataclass
+class PreparedTeacher:
+    """What a backend's setup hands to the run (see :mod:`farlab.teachers.backends`)."""
+
+    model: Any = None  # the in-process teacher (hf), else None
+    shape: Any = None  # ModelShape of the teacher, for the loss builder
+    vocab_size: int | None = None  # width of the teacher's logits; None = unknown (server)
+    metrics: dict[str, Any] | None = None  # pre-training teacher metrics known without the model (cache)
+    make_backend: Any = None  # (in-process teacher or None) -> TeacherBackend, called after LoRA wrapping
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The batch without farlab's bookkeeping keys (models never see ``example_id``)."""
+    return {k: v for k, v in batch.items() if k not in BATCH_METADATA}
+
+
+def topk_from_logits(logits: Tensor, k: int) -> TopK:
+    """The top-k of ``log_softmax(logits)`` at T = 1, in float32: what a cache stores and a server returns."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    values, ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return TopK(ids=ids, logprobs=values)
+
+
+def filler_topk(shape: tuple[int, ...], k: int, device: torch.device | str = "cpu") -> TopK:
+    """Rows for positions no loss reads (prompt, padding): id 0 with uniform log-probs, finite everywhere."""
+    ids = torch.zeros(*shape, k, dtype=torch.long, device=device)
+    return TopK(ids=ids, logprobs=torch.full((*shape, k), -math.log(k), dtype=torch.float32, device=device))

@@ -1,0 +1,121 @@
+"""``teacher.backend=cache``: teacher top-k log-probs (and optionally hidden states) read from disk.
+
+The teacher model is loaded only to build a missing entry (or to evaluate it once on a new eval set); a run
+that finds its cache complete never builds, loads or runs the teacher. See :mod:`farlab.teachers.cache`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor
+
+from farlab.losses.base import ModelView
+from farlab.teachers.backends.base import DEFAULT_TOP_K, PreparedTeacher, TeacherBackend, TeacherOutput
+
+if TYPE_CHECKING:
+    from farlab.teachers.cache import TeacherCache
+
+log = logging.getLogger(__name__)
+
+
+class CacheBackend(TeacherBackend):
+    name = "cache"
+
+    def __init__(self, cache: TeacherCache, num_layers: int) -> None:
+        self.cache, self.num_layers = cache, num_layers
+
+    def __call__(
+        self, batch: dict[str, Tensor], *, hidden_states: bool, attentions: bool, grad: bool, detach: bool
+    ) -> TeacherOutput:
+        device = batch["input_ids"].device
+        top = self.cache.topk(batch)
+        top.ids, top.logprobs = top.ids.to(device), top.logprobs.to(device)
+        hidden = None
+        if hidden_states:
+            stored = self.cache.hidden_states(batch, self.num_layers)
+            hidden = tuple(None if h is None else h.to(device) for h in stored)
+        view = ModelView(topk=top, hidden_states=hidden)  # type: ignore[arg-type]
+        return TeacherOutput(view=view, loss=None, forwards=0)
+
+
+def mapped_teacher_layers(cfg: Any, student_shape: Any, teacher_shape: Any) -> list[int]:
+    """Teacher layers the run's feature components read (what the cache must store)."""
+    from farlab.losses.layer_map import build_layer_map
+
+    components = cfg.loss.components or {}
+    if not any(c.type == "feature" for c in components.values()):
+        return []
+    lm = cfg.layer_map
+    pairs = build_layer_map(lm.strategy, student_shape.num_layers, teacher_shape.num_layers, n=lm.n,
+                            pairs=None if lm.pairs is None else [list(p) for p in lm.pairs])
+    return sorted({int(t) for _, t in pairs})
+
+
+def prepare_cache(ctx: Any, load_teacher: Callable[[Any], Any], force_build: bool = False) -> PreparedTeacher:
+    """Find (or build) the entry for this run, and the teacher's eval metrics for this eval set."""
+    from farlab.eval.loop import evaluate_model
+    from farlab.models.loading import head_for, spec_shape
+    from farlab.teachers.cache import cache_key, dataset_fingerprint, entry_path, open_or_build, write_cache
+
+    cfg, data = ctx.cfg, ctx.data
+    k = cfg.teacher.top_k or DEFAULT_TOP_K
+    head = head_for(data)
+    t_shape = spec_shape(cfg.model.teacher, head)
+    layers = []
+    if cfg.teacher.cache.hidden_states:
+        layers = mapped_teacher_layers(cfg, spec_shape(cfg.model.student, head, teacher=t_shape), t_shape)
+    key = cache_key(cfg, data, k, layers)
+    entry = entry_path(cfg, key)
+    loaded: dict[str, Any] = {}
+
+    def teacher() -> Any:
+        if "model" not in loaded:
+            loaded["model"] = load_teacher(ctx)
+        return loaded["model"]
+
+    def build(staging: Any) -> None:
+        write_cache(teacher(), data, staging, key, batch_size=cfg.teacher.cache.batch_size)
+
+    cache = open_or_build(entry, key, build if (cfg.teacher.cache.build or force_build) else None)
+    eval_fp = dataset_fingerprint(data.eval)
+    metrics = cache.metrics(eval_fp)
+    if metrics is None:  # first run on this eval set: evaluate the teacher once, for every later run
+        metrics = evaluate_model(teacher(), data, cfg.train.eval_batch_size, "pre-eval teacher", cfg.train.progress_bar)
+        cache.save_metrics(eval_fp, metrics)
+    log.info("teacher cache %s: k=%d, %d rows, teacher %s", cache.path, cache.k, cache.meta["rows"],
+             "loaded for the build" if loaded else "not loaded")
+    return PreparedTeacher(
+        model=None,
+        shape=t_shape,
+        vocab_size=cache.vocab_size,
+        metrics=metrics,
+        make_backend=lambda _teacher: CacheBackend(cache, t_shape.num_layers),
+        info={"cache": cache, "loaded_teacher": bool(loaded)},
+    )
+
+
+def validate_cache(cfg: Any) -> list[str]:
+    from farlab.registry import unknown_choice_message
+    from farlab.teachers.cache import CODECS
+
+    c = cfg.teacher.cache
+    problems = []
+    if c.dtype not in CODECS:
+        problems.append(unknown_choice_message("teacher.cache.dtype", c.dtype, CODECS.names()))
+    if c.batch_size < 1:
+        problems.append(f"teacher.cache.batch_size={c.batch_size} must be >= 1")
+    types = {comp.type for comp in (cfg.loss.components or {}).values()}
+    if "attention" in types:
+        problems.append("teacher.backend=cache stores top-k log-probs and hidden states, not attention maps; "
+                        "attention losses need teacher.backend=hf")
+    if "feature" in types and not c.hidden_states:
+        problems.append("feature losses with teacher.backend=cache need the teacher's hidden states in the cache: "
+                        "set teacher.cache.hidden_states=true (stores the layers the layer map uses)")
+    gkd = cfg.loss.get("gkd")
+    if gkd is not None and gkd.lambda_ > 0:
+        problems.append(f"loss.gkd.lambda_={gkd.lambda_}: on-policy batches are new student samples no cache holds; "
+                        "use teacher.backend=hf or openai (or lambda_=0)")
+    return problems

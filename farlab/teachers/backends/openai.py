@@ -1,0 +1,115 @@
+"""``teacher.backend=openai``: teacher top-k prompt logprobs from an OpenAI-compatible server (vLLM, sglang,
+``python -m farlab.teachers.serve``). Decoder-only tasks, response losses only: a server returns no hidden
+states or attention maps. Quirks and the client-side temperature: :mod:`farlab.teachers.openai_client`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from farlab.losses.base import ModelView
+from farlab.teachers.backends.base import DEFAULT_TOP_K, PreparedTeacher, TeacherBackend, TeacherOutput, filler_topk
+from farlab.teachers.openai_client import CompletionsClient, TeacherServerError, api_key_from_env
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIBackend(TeacherBackend):
+    name = "openai"
+
+    def __init__(self, client: CompletionsClient, k: int) -> None:
+        self.client, self.k = client, k
+
+    def __call__(
+        self, batch: dict[str, Tensor], *, hidden_states: bool, attentions: bool, grad: bool, detach: bool
+    ) -> TeacherOutput:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        lengths = mask.sum(1).tolist()
+        if any(not bool(mask[b, :n].all()) or bool(mask[b, n:].any()) for b, n in enumerate(lengths)):
+            raise TeacherServerError("the openai teacher backend needs right-padded batches")
+        sequences = [ids[b, :n].tolist() for b, n in enumerate(lengths)]
+        results = self.client.prompt_topk(sequences, self.k)
+        out = filler_topk(tuple(ids.shape), self.k)
+        for b, (n, result) in enumerate(zip(lengths, results)):
+            if n > 1:  # the server's row j predicts token j; the student's position t predicts t + 1
+                out.ids[b, : n - 1] = torch.from_numpy(result.ids[1:n])
+                out.logprobs[b, : n - 1] = torch.from_numpy(result.logprobs[1:n])
+        out.ids, out.logprobs = out.ids.to(ids.device), out.logprobs.to(ids.device)
+        return TeacherOutput(view=ModelView(topk=out), loss=None, forwards=1)
+
+
+def _token_to_id(tokenizer: Any) -> Any:
+    """Map a returned token string back to its id (echo format without ids); None when absent or ambiguous."""
+    table: dict[str, int | None] = {}
+
+    def lookup(text: str) -> int | None:
+        if not table:
+            for i in range(len(tokenizer)):
+                piece = tokenizer.decode([i])
+                table[piece] = None if piece in table else i
+        return table.get(text)
+
+    return lookup
+
+
+def make_client(cfg: Any, tokenizer: Any) -> CompletionsClient:
+    o = cfg.teacher.openai
+    return CompletionsClient(
+        base_url=o.base_url,
+        model=o.model,
+        api_key=api_key_from_env(o.api_key_env),
+        timeout_s=o.timeout_s,
+        max_retries=o.max_retries,
+        backoff_s=o.backoff_s,
+        max_backoff_s=o.max_backoff_s,
+        concurrency=o.concurrency,
+        decode=lambda i: tokenizer.decode([i]),
+        token_to_id=_token_to_id(tokenizer),
+    )
+
+
+def prepare_openai(ctx: Any, load_teacher: Any = None) -> PreparedTeacher:
+    """A client for the configured server; the teacher model is never loaded here (``load_teacher`` unused)."""
+    from farlab.config import ConfigError
+    from farlab.losses.objective import ModelShape
+    from farlab.models.loading import head_for, spec_shape
+
+    if ctx.data.kind != "causal_lm":
+        raise ConfigError(f"teacher.backend=openai serves decoder-only teachers; task {ctx.data.name!r} is "
+                          f"{ctx.data.kind!r}: use teacher.backend=hf or cache")
+    cfg = ctx.cfg
+    k = cfg.teacher.top_k or DEFAULT_TOP_K
+    client = make_client(cfg, ctx.tokenizer)
+    log.info("teacher server %s (model %s), top-k %d", cfg.teacher.openai.base_url, client.model, k)
+    try:
+        shape = spec_shape(cfg.model.teacher, head_for(ctx.data))
+    except Exception:  # noqa: BLE001 - the teacher may exist only on the server; response losses need no shape
+        shape = ModelShape(num_layers=0, hidden_size=0)
+    return PreparedTeacher(model=None, shape=shape, vocab_size=None, metrics=None,
+                           make_backend=lambda _teacher: OpenAIBackend(client, k), info={"client": client})
+
+
+def validate_openai(cfg: Any) -> list[str]:
+    o = cfg.teacher.openai
+    problems = []
+    if not str(o.base_url).startswith(("http://", "https://")):
+        problems.append(f"teacher.openai.base_url={o.base_url!r} must start with http:// or https://")
+    if o.timeout_s <= 0:
+        problems.append(f"teacher.openai.timeout_s={o.timeout_s} must be > 0")
+    if o.max_retries < 0:
+        problems.append(f"teacher.openai.max_retries={o.max_retries} must be >= 0")
+    if o.concurrency < 1:
+        problems.append(f"teacher.openai.concurrency={o.concurrency} must be >= 1")
+    if o.backoff_s < 0 or o.max_backoff_s < o.backoff_s:
+        problems.append(f"teacher.openai backoff: need 0 <= backoff_s ({o.backoff_s}) "
+                        f"<= max_backoff_s ({o.max_backoff_s})")
+    types = {c.type for c in (cfg.loss.components or {}).values()}
+    for t in sorted(types & {"feature", "attention"}):
+        problems.append(f"{t} losses need the teacher's {'hidden states' if t == 'feature' else 'attention maps'}, "
+                        "which an OpenAI-compatible server cannot return: use teacher.backend=hf (or cache with "
+                        "teacher.cache.hidden_states=true for feature losses), or response-only losses")
+    return problems
