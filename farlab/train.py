@@ -19,18 +19,30 @@ from farlab.config import REPO_ROOT, register_configs, validate_config
 from farlab.data import build_task_data
 from farlab.eval.loop import evaluate_model
 from farlab.eval.transfer import transfer_gap
+from farlab.losses.gkd import build_on_policy
 from farlab.losses.objective import build_objective
-from farlab.models.loading import build_model, check_vocab, export_student, head_for, load_tokenizer, model_shape
+from farlab.models.loading import (
+    build_model,
+    check_vocab,
+    export_student,
+    fit_student_vocab,
+    head_for,
+    load_tokenizer,
+    model_shape,
+)
 from farlab.models.lora import apply_lora
 from farlab.models.pair import DistillationModule, frozen_guard
 from farlab.report import print_summary
 from farlab.run_record import RunRecord
+from farlab.teachers.backends import TEACHER_BACKENDS
+from farlab.teachers.backends.accounting import TeacherComputeLog
 from farlab.teachers.strategies import TeacherContext, prepare_teacher
+from farlab.teachers.tokenizers import check_logit_widths, check_tokenizers, logit_width, vocab_aligner
 from farlab.trainer.callbacks import PeakMetrics
 from farlab.trainer.checkpoints import latest_complete_checkpoint, resume_checkpoint
 from farlab.trainer.fit import FitSettings, make_trainer, set_threads
-from farlab.trainer.signals import GracefulStop, Preempted, requeue_or_exit
 from farlab.trainer.resources import peak_memory_mb
+from farlab.trainer.signals import GracefulStop, Preempted, requeue_or_exit
 
 log = logging.getLogger("farlab.train")
 register_configs()
@@ -57,26 +69,31 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
             cfg.model.attn_implementation or "default (sdpa)",
         )
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)  # a processor for vision-language pairs
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
+    check_tokenizers(cfg, tokenizer, data, needs_teacher)  # model.teacher_tokenizer vs the student's
 
     # Models. The student is built from the teacher's *base* weights, so every teacher strategy
     # starts the student from the same point.
+    # A cache or server backend builds the teacher only if it must (a missing cache), see farlab.teachers.backends.
     head = head_for(data)
+    backend_kind = TEACHER_BACKENDS.get(cfg.teacher.backend)
     set_seed(cfg.seed)
     base_teacher = None
-    if needs_teacher or cfg.model.student.source == "from_teacher":
+    if (needs_teacher and backend_kind.in_process) or cfg.model.student.source == "from_teacher":
         base_teacher = build_model(cfg.model.teacher, head, attn)
         check_vocab(base_teacher, tokenizer, "teacher")
     set_seed(cfg.seed)
     student = build_model(cfg.model.student, head, attn, teacher=base_teacher)
-    check_vocab(student, tokenizer, "student")
-    shapes = (model_shape(student), model_shape(base_teacher) if needs_teacher else None)
+    fit_student_vocab(student, tokenizer)
 
-    teacher = None
+    teacher = prepared = None
     if needs_teacher:
-        teacher = prepare_teacher(TeacherContext(cfg, base_teacher, data, tokenizer, attn))
+        prepared = backend_kind.prepare(TeacherContext(cfg, base_teacher, data, tokenizer, attn), prepare_teacher)
+        teacher = prepared.model  # None for cache/openai: no teacher in this process
+        check_logit_widths(cfg, logit_width(student, data.kind), prepared.vocab_size)
+    shapes = (model_shape(student), prepared.shape if prepared else None)
     del base_teacher
     trainable_teacher = teacher is not None and bool(cfg.teacher_strategy.trainable)
     if cfg.model.student.lora.r > 0:
@@ -95,12 +112,17 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         teacher_trainable=trainable_teacher,
         teacher_ce_weight=cotrain.ce_weight,
         detach_targets=cotrain.detach_targets,
+        backend=prepared.make_backend(teacher) if prepared else None,
+        vocab_align=vocab_aligner(cfg.model.vocab_align, data.kind) if prepared else None,
+        on_policy=build_on_policy(cfg, data.kind, tokenizer) if prepared else None,
     )
 
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
     pre = {"student": evaluate_model(student, data, eval_bs, "pre-eval student", progress)}
     if teacher is not None:
         pre["teacher"] = evaluate_model(teacher, data, eval_bs, "pre-eval teacher", progress)
+    elif prepared is not None and prepared.metrics is not None:
+        pre["teacher"] = prepared.metrics  # the cache's record of this same evaluation
 
     settings = FitSettings.from_config(
         cfg.train,
@@ -113,14 +135,16 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     peak = PeakMetrics(lambda: evaluate_model(pair.student, data, eval_bs, "eval student", False),
                        cfg.train.eval_steps, log_fn=trainer.log)
     trainer.add_callback(peak)
+    compute = TeacherComputeLog(pair, log_fn=trainer.log) if pair.teacher_backend is not None else None
+    if compute is not None:
+        trainer.add_callback(compute)  # teacher_forwards_per_step (and on_policy_fraction) in the logs
     resume_from = resume_checkpoint(run_dir, cfg.resume)
     frozen = teacher is not None and not pair.teacher_trainable
     with frozen_guard(teacher, frozen):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if stop.stopped_at is not None and result.global_step < trainer.state.max_steps:
-        raise Preempted(stop.signum, result.global_step, latest_complete_checkpoint(run_dir))
-    if stop.requested and stop.stopped_at is None:
-        log.warning("stop signal arrived after the last training step: finishing the run instead")
+    if stop.requested:  # stopped after a checkpoint, or the signal came during the last step's save
+        step = result.global_step if stop.stopped_at is not None else None
+        raise Preempted(stop.signum, step, latest_complete_checkpoint(run_dir), stop.resubmit)
     student = export_student(pair.student, tokenizer, run_dir / "final")
 
     post = {"student": evaluate_model(student, data, eval_bs, "post-eval student", progress)}
@@ -145,6 +169,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
             "tokens_per_s": round(trainer.tokens_seen / max(trainer.train_seconds, 1e-9), 1),
             "final_loss": trainer.mean_loss(),  # over all steps, across resumes
             "resumed_from": str(resume_from) if resume_from else None,
+            **(compute.summary(result.global_step) if compute is not None else {}),  # since the last (re)start
         },
         "loss_components": trainer.component_means(),
         "best": peak.best,
@@ -169,8 +194,9 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, A
         except BaseException as err:
             record.finish("failed", err)
             raise
-        record.write_metrics(metrics)
-        record.finish("completed")
+        with stop.hold():
+            record.write_metrics(metrics)
+            record.finish("completed")
     print_summary(metrics, run_dir)
     return metrics
 

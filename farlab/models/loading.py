@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
+    AutoModelForImageTextToText,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedModel,
@@ -41,6 +43,7 @@ class Head:
 HEADS: Registry[Callable[[Any], Head]] = Registry("task kind")
 HEADS.add("classification", lambda data: Head(AutoModelForSequenceClassification, {"num_labels": data.num_labels}))
 HEADS.add("causal_lm", lambda data: Head(AutoModelForCausalLM))
+HEADS.add("vision_lm", lambda data: Head(AutoModelForImageTextToText))  # Qwen2-VL/Qwen3-VL ...ForConditionalGeneration
 
 
 def head_for(data: Any) -> Head:
@@ -55,7 +58,15 @@ MODEL_SOURCES: Registry[ModelBuilder] = Registry("model source")
 _BLOCK_KEY = re.compile(r"^(.*?\.(?:layer|layers|h)\.)(\d+)(\..*)$")
 
 
-def load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str, processor: str | None = None) -> Any:
+    """The tokenizer, or the model's processor (tokenizer + image processor) when the config names one."""
+    if processor is not None:
+        from farlab.models.vision import load_processor
+
+        try:
+            return load_processor(processor)
+        except (OSError, ValueError, TypeError, ImportError) as err:
+            raise ConfigError(f"cannot load a processor from model.processor={processor!r}: {err}") from err
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -77,9 +88,14 @@ def _pretrained(spec: Any, head: Head, attn_implementation: str | None, **_: Any
         raise ConfigError(f"cannot load model {spec.name!r} from path={spec.path!r}: {err}") from err
 
 
+def spec_config_fields(spec: Any) -> dict[str, Any]:
+    """A ``source: config`` spec's fields as plain dicts all the way down (a VLM's text_config must be a dict)."""
+    return OmegaConf.to_container(spec.config, resolve=True) if OmegaConf.is_config(spec.config) else dict(spec.config)
+
+
 @MODEL_SOURCES.register("config")
 def _from_config(spec: Any, head: Head, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
-    fields = dict(spec.config)
+    fields = spec_config_fields(spec)
     config = AutoConfig.for_model(fields.pop("model_type"), **head.config_fields, **fields)
     return head.auto_class.from_config(config, **_attn_kwargs(attn_implementation))
 
@@ -131,9 +147,37 @@ def model_shape(model: PreTrainedModel) -> ModelShape:
     return ModelShape.from_hf_config(model.config)
 
 
+def spec_shape(spec: Any, head: Head, teacher: ModelShape | None = None) -> ModelShape:
+    """A model's :class:`ModelShape` from its spec alone (no weights loaded): configs, or the teacher's for
+    ``from_teacher`` students. Lets sparse teacher backends build the loss without loading the teacher."""
+    if spec.source == "from_teacher":
+        if teacher is None:
+            raise ConfigError("a from_teacher student's shape needs the teacher's")
+        return ModelShape(len(spec.init_blocks), teacher.hidden_size, teacher.num_heads)
+    if spec.source == "config":
+        fields = dict(spec.config)
+        return ModelShape.from_hf_config(AutoConfig.for_model(fields.pop("model_type"), **fields))
+    return ModelShape.from_hf_config(AutoConfig.from_pretrained(spec.path))
+
+
+def fit_student_vocab(student: PreTrainedModel, tokenizer: Any) -> None:
+    """Grow the student's embeddings (and LM head) to cover every tokenizer id, with a log line.
+
+    A student trains anyway, so new rows are learnable (``resize_token_embeddings`` starts them at the mean of
+    the old ones); a frozen teacher cannot learn them, so :func:`check_vocab` still refuses the teacher.
+    """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's text half
+    rows = student.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        student.resize_token_embeddings(len(tokenizer))
+        log.info("resized the student's embeddings %d -> %d rows to cover the tokenizer's %d tokens",
+                 rows, student.get_input_embeddings().num_embeddings, len(tokenizer))
+
+
 def check_vocab(model: PreTrainedModel, tokenizer: Any, role: str) -> None:
     """Token ids beyond the embedding matrix would crash deep inside an embedding lookup."""
     rows = model.get_input_embeddings().num_embeddings
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor's text half
     if len(tokenizer) > rows:
         raise ConfigError(
             f"the tokenizer has {len(tokenizer)} tokens but the {role}'s embedding has {rows} rows; "

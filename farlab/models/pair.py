@@ -20,6 +20,8 @@ from transformers import PreTrainedModel
 from farlab.losses.base import DistillBatch, ModelView
 from farlab.losses.objective import DistillationObjective
 from farlab.registry import Registry
+from farlab.teachers.backends.base import TeacherBackend, model_inputs
+from farlab.teachers.backends.hf import HFBackend
 
 Masks = tuple[Tensor, Tensor | None]  # (token_mask [B, T], response_mask [B, T] or None)
 MASKS: Registry = Registry("task kind")
@@ -44,6 +46,10 @@ def _lm_masks(batch: dict[str, Tensor]) -> Masks:
     return target.long(), response.long()
 
 
+# Vision-language answers are masked like causal LM targets (image and prompt tokens carry label -100).
+MASKS.add("vision_lm", _lm_masks)
+
+
 class DistillationModule(nn.Module):
     # The Trainer must scale our loss for gradient accumulation itself.
     accepts_loss_kwargs = False
@@ -57,7 +63,13 @@ class DistillationModule(nn.Module):
         teacher_trainable: bool = False,
         teacher_ce_weight: float = 1.0,
         detach_targets: bool = True,
+        backend: TeacherBackend | None = None,
+        vocab_align: Any = None,
+        on_policy: Any = None,
     ) -> None:
+        """``backend`` gives the teacher's view (default: the in-process ``teacher``, dense; cache/server
+        backends need no ``teacher``); ``vocab_align(student_view, teacher_view)`` reconciles logit widths
+        (farlab.teachers.tokenizers); ``on_policy`` swaps batches for student samples (farlab.losses.gkd)."""
         super().__init__()
         self.student = student
         self.teacher = teacher
@@ -66,6 +78,10 @@ class DistillationModule(nn.Module):
         self.teacher_trainable = teacher_trainable and teacher is not None
         self.teacher_ce_weight = teacher_ce_weight
         self.detach_targets = detach_targets
+        self.teacher_backend = backend if backend is not None else (HFBackend(teacher) if teacher is not None else None)
+        self.vocab_align, self.on_policy = vocab_align, on_policy
+        # Run counters (farlab.teachers.backends.accounting logs them per optimizer step).
+        self.teacher_forwards = self.batches_seen = self.on_policy_batches = 0
         if teacher is not None and not self.teacher_trainable:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -82,25 +98,38 @@ class DistillationModule(nn.Module):
             "output_hidden_states": objective.needs_hidden_states,
             "output_attentions": objective.needs_attentions,
         }
-        student_out = self.student(**accepted_inputs(self.student, batch), **flags)
-        ce = student_out.loss
-        if self.teacher is None or not objective.needs_teacher:
+        on_policy = self.on_policy is not None and self.on_policy.use(step)
+        if on_policy:  # GKD: the student's own continuation of the prompt replaces the target
+            batch = self.on_policy.sample(self.student, batch)
+        self.batches_seen += 1
+        self.on_policy_batches += int(on_policy)
+        student_out = self.student(**accepted_inputs(self.student, model_inputs(batch)), **flags)
+        ce = student_out.loss if not on_policy else student_out.loss * 0.0  # no CE on its own samples
+        if self.teacher_backend is None or not objective.needs_teacher:
             return objective(None, ce, step, max_steps)
 
-        teacher_grad = torch.enable_grad() if self.teacher_trainable else torch.no_grad()
-        with teacher_grad:
-            teacher_out = self.teacher(**accepted_inputs(self.teacher, batch), **flags)
+        teacher = self.teacher_backend(
+            batch,
+            hidden_states=flags["output_hidden_states"],
+            attentions=flags["output_attentions"],
+            grad=self.teacher_trainable,
+            detach=self.detach_targets or not self.teacher_trainable,
+        )
+        self.teacher_forwards += teacher.forwards
         token_mask, response_mask = self.masks(batch)
+        student_view, teacher_view = _view(student_out), teacher.view
+        if self.vocab_align is not None:
+            student_view, teacher_view = self.vocab_align(student_view, teacher_view)
         distill = DistillBatch(
-            student=_view(student_out),
-            teacher=_view(teacher_out, detach=self.detach_targets or not self.teacher_trainable),
+            student=student_view,
+            teacher=teacher_view,
             token_mask=token_mask,
             response_mask=response_mask,
         )
         total, parts = objective(distill, ce, step, max_steps)
         if self.teacher_trainable:
-            total = total + self.teacher_ce_weight * teacher_out.loss
-            parts["teacher_ce"] = float(teacher_out.loss.detach())
+            total = total + self.teacher_ce_weight * teacher.loss
+            parts["teacher_ce"] = float(teacher.loss.detach())
         return total, parts
 
 

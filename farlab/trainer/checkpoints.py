@@ -6,10 +6,13 @@ always starts from the newest checkpoint that was fully written.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
 STAGING_DIR = ".staging"
@@ -73,3 +76,31 @@ def rotate(run_dir: str | os.PathLike, keep: int) -> None:
     for child in root.iterdir():
         if _CHECKPOINT.match(child.name) and child not in kept and not (child / COMPLETE_MARKER).is_file():
             shutil.rmtree(child, ignore_errors=True)
+
+
+def clear_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove every checkpoint (complete or not) and the staging dir; returns the checkpoints, oldest first.
+
+    A fresh start (``resume=false``) must not mix with an earlier run's checkpoints: rotation would keep the
+    old, higher-numbered ones and a later resume would pick them."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    removed = sorted((p for p in root.iterdir() if _CHECKPOINT.match(p.name)), key=lambda p: int(p.name[11:]))
+    for path in [*removed, root / STAGING_DIR]:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def resume_checkpoint(run_dir: str | os.PathLike, resume: bool) -> Path | None:
+    """The checkpoint to resume from: the newest complete one with ``resume``; none (old ones cleared) without."""
+    if resume:
+        found = latest_complete_checkpoint(run_dir)
+        if found is not None:
+            log.info("resuming from %s", found)
+        return found
+    removed = clear_checkpoints(run_dir)
+    if removed:
+        log.warning("resume=false: removed %s from %s; training starts from scratch",
+                    ", ".join(p.name for p in removed), run_dir)
+    return None

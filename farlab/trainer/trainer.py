@@ -16,7 +16,9 @@ from typing import Any
 
 import safetensors.torch
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput
 
 from farlab.models.pair import DistillationModule
 from farlab.trainer import checkpoints
@@ -162,9 +164,23 @@ class DistillationTrainer(Trainer):
             if saved is not None and hasattr(cb, "load_checkpoint_state"):
                 cb.load_checkpoint_state(saved)
 
+    def _finished(self, checkpoint: Path) -> TrainOutput | None:
+        """Load a checkpoint taken at the last step instead of training: the Trainer, resumed there, would run
+        one extra step (at learning rate 0, but it still moves the loss totals and the step count)."""
+        state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
+        target = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
+        if state.global_step < target:
+            return None
+        self.state = state
+        self._load_from_checkpoint(str(checkpoint))
+        return TrainOutput(state.global_step, self.mean_loss() or 0.0, {})
+
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):  # type: ignore[override]
         if isinstance(resume_from_checkpoint, (str, os.PathLike)):
             self._restore_farlab_state(Path(resume_from_checkpoint))
+            done = self._finished(Path(resume_from_checkpoint))
+            if done is not None:
+                return done
         self._train_start = time.perf_counter()
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)

@@ -1,0 +1,183 @@
+"""The FAR factorial as a real sweep: 8 jobs (every F/A/R combination, frozen_base teacher) through
+``hydra/launcher=local`` (submitit_local, one process per job), one of them preempted with submitit's own signal
+(USR2) mid-run, then ``farlab.collect`` on the sweep dir.
+
+Helpers here are shared with tests/slurm/test_sweep_slurm.py (the same sweep through SLURM).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from farlab import collect
+from farlab.trainer import checkpoints
+from tests.integration.test_resume import assert_bitwise, run_inprocess
+
+LOSSES = (
+    "combined_ce",
+    "combined_f",
+    "combined_a",
+    "combined_r",
+    "combined_fa",
+    "combined_fr",
+    "combined_ar",
+    "combined_far",
+)
+STRATEGY = "frozen_base"
+SWEEP_TIMEOUT_S = 400
+MAX_STEPS = 24  # long enough (1-6 s of training on a busy 2-core box) to be signalled after a checkpoint
+
+
+def fixed_overrides(store: Path) -> dict[str, object]:
+    """Tiny, CPU-cheap settings shared by every job of the sweep (and by the in-process reference run)."""
+    return {
+        "task": "cola", "model": "tiny_bert", "task.train_limit": 64, "task.eval_limit": 48,
+        "train.max_steps": MAX_STEPS, "train.batch_size": 8, "train.eval_batch_size": 48,
+        "train.logging_steps": 4, "train.save_steps": 4, "train.eval_steps": 12, "train.progress_bar": False,
+        "train.num_threads": 1, "teacher_strategy.store_dir": str(store), "wandb.mode": "disabled",
+    }  # fmt: skip
+
+
+def sweep_command(launcher: str, fixed: dict[str, object], extra: list[str] = ()) -> list[str]:
+    """``python -m farlab.train -m +experiment=far_factorial`` over the 8 losses (far_factorial's list), one strategy.
+
+    The fixed keys are left out of the job dir names, which stay far_factorial's ``loss=..,seed=..,teacher_strategy=..``.
+    """
+    keys = ",".join(["experiment", *fixed])
+    return [
+        sys.executable,
+        "-m",
+        "farlab.train",
+        "-m",
+        "+experiment=far_factorial",
+        f"hydra/launcher={launcher}",
+        f"teacher_strategy={STRATEGY}",
+        *(f"{k}={v}" for k, v in fixed.items()),
+        f"hydra.job.config.override_dirname.exclude_keys=[{keys}]",
+        *extra,
+    ]
+
+
+def job_name(loss: str, seed: int = 42) -> str:
+    return f"loss={loss},seed={seed},teacher_strategy={STRATEGY}"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, proc: subprocess.Popen) -> object:
+    """Poll ``predicate`` until truthy; fail (with the launcher's output) on timeout or if the launcher exits."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.stdout.read() if proc.stdout and proc.poll() is not None else ""
+            pytest.fail(f"gave up waiting for {what} (launcher rc={proc.poll()}):\n{out[-4000:]}")
+        time.sleep(0.1)
+
+
+def the_sweep_dir(root: Path) -> Path | None:
+    """far_factorial's multirun/<date>/<time> under ``root`` (exactly one)."""
+    found = sorted(p for p in root.glob("multirun/*/*") if p.is_dir())
+    return found[0] if len(found) == 1 else None
+
+
+def start_sweep(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_sweep(proc: subprocess.Popen, timeout_s: float = SWEEP_TIMEOUT_S) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        pytest.fail(f"sweep did not finish in {timeout_s}s:\n{out[-4000:]}")
+    assert proc.returncode == 0, f"sweep failed (rc={proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def check_sweep(root: Path, preempted_loss: str, reference: Path) -> Path:
+    """Every job completed in its far_factorial-named dir, the preempted one resumed in its own dir to the same
+    result as an uninterrupted run, and the collector tabulates all 8. Returns the sweep dir."""
+    sweep = the_sweep_dir(root)
+    assert sweep is not None, f"expected one multirun/<date>/<time> under {root}: {list(root.glob('multirun/*/*'))}"
+    jobs = sorted(p.name for p in sweep.iterdir() if (p / "run_metadata.json").is_file())
+    assert jobs == sorted(job_name(loss) for loss in LOSSES)  # a requeued job made no second dir
+    for loss in LOSSES:
+        meta = read_json(sweep / job_name(loss) / "run_metadata.json")
+        assert meta["status"] == "completed", (loss, meta["error"])
+        assert meta["attempts"] == (2 if loss == preempted_loss else 1), loss
+
+    job = sweep / job_name(preempted_loss)
+    log = (job / "output.log").read_text()
+    assert "received: saving a checkpoint at step" in log and "resuming from" in log
+    got, want = read_json(job / "metrics.json"), read_json(reference / "metrics.json")
+    assert 0 < int(got["train"]["resumed_from"].rsplit("-", 1)[1]) < MAX_STEPS
+    for key in ("post", "best", "loss_components"):
+        assert got[key] == want[key], key
+    assert got["train"]["final_loss"] == want["train"]["final_loss"]
+    assert_bitwise(job / "final" / "model.safetensors", reference / "final" / "model.safetensors")
+
+    # Each loss trained the components its name promises (F feature, A attention, R response).
+    for loss in LOSSES:
+        parts = read_json(sweep / job_name(loss) / "metrics.json")["loss_components"]
+        letters = loss.removeprefix("combined_").replace("ce", "")
+        for letter, part in (("f", "feature/raw"), ("a", "attention/raw"), ("r", "response/raw")):
+            assert (part in parts) == (letter in letters), (loss, sorted(parts))
+
+    summary = collect.collect([str(sweep)], plots=False)
+    assert summary.skipped == []
+    rows = sorted((r.loss, r.teacher_strategy, r.flags["F"], r.flags["A"], r.flags["R"]) for r in summary.runs)
+    want_rows = sorted(
+        (loss, STRATEGY, int("f" in loss[9:]), int("a" in loss[9:]), int("r" in loss[9:])) for loss in LOSSES
+    )
+    assert rows == want_rows
+    assert (sweep / "results.csv").is_file() and (sweep / "results.md").is_file()
+    return sweep
+
+
+def wait_for_checkpoint(root: Path, loss: str, proc: subprocess.Popen) -> dict:
+    """The job's run_metadata once it has written a complete checkpoint (so it is mid-training)."""
+
+    def ready() -> dict | None:
+        sweep = the_sweep_dir(root)
+        job = sweep / job_name(loss) if sweep else None
+        if job is None or checkpoints.latest_complete_checkpoint(job) is None:
+            return None
+        return read_json(job / "run_metadata.json")
+
+    return wait_until(ready, SWEEP_TIMEOUT_S, f"a checkpoint of {loss}", proc)  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+def test_far_sweep_through_submitit_local_with_a_preempted_job(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    fixed = fixed_overrides(store)
+    proc = start_sweep(sweep_command("local", fixed), cwd=tmp_path)
+
+    target = "combined_far"
+    meta = wait_for_checkpoint(tmp_path, target, proc)
+    os.kill(meta["pid"], signal.SIGUSR2)  # submitit's preemption signal; farlab saves first, then submitit requeues
+
+    reference = tmp_path / "reference"  # the uninterrupted run, computed while the sweep finishes
+    ovr = [f"{k}={v}" for k, v in fixed.items()] + [f"loss={target}", f"teacher_strategy={STRATEGY}", "seed=42"]
+    run_inprocess(reference, ovr)
+
+    finish_sweep(proc)
+    sweep = check_sweep(tmp_path, target, reference)
+    submitit_logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "Requeued job" in submitit_logs  # submitit's own requeue path ran (local: restart with exit 144)
