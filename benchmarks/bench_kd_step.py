@@ -3,7 +3,8 @@
 The KD step must cost little more than the two pieces it cannot avoid; the ratio is measured side
 by side in one process on the same batches (target <= 1.10). Writes benchmarks/results/kd_step.json.
 
-    python benchmarks/bench_kd_step.py [--model minilm|tiny_bert] [--steps 20] [--batch 32] [--length 64]
+    python benchmarks/bench_kd_step.py [--model minilm|tiny_bert|bench_bert] [--steps 20] [--batch 32]
+        [--length 64] [--device cpu|cuda] [--dtype float32|bfloat16]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_batch(tokenizer, batch: int, length: int) -> dict[str, torch.Tensor]:
-    ids = torch.randint(1000, len(tokenizer) - 1, (batch, length))
+    ids = torch.randint(len(tokenizer) // 2, len(tokenizer) - 1, (batch, length))
     return {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
@@ -38,13 +39,15 @@ def make_batch(tokenizer, batch: int, length: int) -> dict[str, torch.Tensor]:
     }
 
 
-def timed(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
+
+def timed(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     register_configs()
@@ -70,18 +75,22 @@ def main() -> None:
         student, teacher, build_objective(cfg.loss, cfg.layer_map, cfg.projection, model_shape(student), model_shape(teacher))
     )
     sft = DistillationModule(student, None, build_objective(ce_only, cfg.layer_map, cfg.projection, model_shape(student), None))
+    kd.to(args.device), sft.to(args.device)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
-    batch = make_batch(tokenizer, args.batch, args.length)
+    batch = {k: v.to(args.device) for k, v in make_batch(tokenizer, args.batch, args.length).items()}
+    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
     def step(module: DistillationModule) -> None:
-        loss, _ = module(**batch)
+        with autocast:
+            loss, _ = module(**batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
     def teacher_forward() -> None:
-        teacher(**{k: v for k, v in batch.items() if k != "labels"})
+        with autocast:
+            teacher(**{k: v for k, v in batch.items() if k != "labels"})
 
     kd.train()
     sft.train()
@@ -90,9 +99,9 @@ def main() -> None:
     # Interleave the variants so drift (thermal, other load) hits all of them alike.
     kd_t, sft_t, teacher_t = [], [], []
     for _ in range(args.steps):
-        kd_t += timed(lambda: step(kd), 1)
-        sft_t += timed(lambda: step(sft), 1)
-        teacher_t += timed(teacher_forward, 1)
+        kd_t.append(timed(lambda: step(kd), args.device))
+        sft_t.append(timed(lambda: step(sft), args.device))
+        teacher_t.append(timed(teacher_forward, args.device))
     kd_med, sft_med, teacher_med = (statistics.median(t) for t in (kd_t, sft_t, teacher_t))
     ratio = kd_med / (sft_med + teacher_med)
     tokens = args.batch * args.length
@@ -109,7 +118,8 @@ def main() -> None:
         "target_ratio": 1.10,
         "kd_tokens_per_s": tokens / kd_med,
         "sft_tokens_per_s": tokens / sft_med,
-        "device": "cpu",
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "dtype": args.dtype,
         "torch": torch.__version__,
     }
     print(f"{'variant':<28}{'median s/step':>14}{'tokens/s':>12}")
@@ -118,7 +128,7 @@ def main() -> None:
     print(f"{'teacher no-grad forward':<28}{teacher_med:>14.4f}{tokens / teacher_med:>12.0f}")
     print(f"ratio KD / (SFT + teacher forward) = {ratio:.3f}  (target <= 1.10)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "kd_step.json"
+    out = RESULTS / f"kd_step_{args.model}_{args.device}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
