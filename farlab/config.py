@@ -14,6 +14,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from farlab.losses.objective import lm_chunk_size
 from farlab.losses.spec import LayerMapConfig, LossConfig, ProjectionConfig, validate_loss_config
 from farlab.registry import unknown_choice_message
 
@@ -260,6 +261,12 @@ def validate_config(cfg: DictConfig) -> None:
         )
 
     cotrain = ts.cotrain
+    if ts.trainable and lm_chunk_size(cfg.loss) is not None:
+        raise ConfigError(
+            f"loss {cfg.loss.name!r} sets a response chunk_size, which a co-trained teacher "
+            f"(teacher_strategy={ts.name}) cannot use: its output head would get gradients through the "
+            "distillation targets. Set loss.components.response.chunk_size=null or use a frozen teacher"
+        )
     _require(cotrain.ce_weight >= 0, f"teacher_strategy.cotrain.ce_weight={cotrain.ce_weight} must be >= 0")
     _require(
         cotrain.learning_rate is None or cotrain.learning_rate > 0,

@@ -151,6 +151,12 @@ class DistillationObjective(nn.Module):
         """A chunked response loss wants ``final_hidden`` + ``lm_head`` (and no full logits)."""
         return any(getattr(c, "needs_final_hidden", False) for c in self.components.values())
 
+    @property
+    def lm_chunk_size(self) -> int | None:
+        """Rows per chunk of the chunked LM response path (None = dense logits)."""
+        sizes = [c.chunk_size for c in self.components.values() if getattr(c, "needs_final_hidden", False)]
+        return min(sizes) if sizes else None
+
     # ------------------------------------------------------------------ schedule
 
     def weights(self, step: int, max_steps: int) -> dict[str, float]:
@@ -243,3 +249,13 @@ def build_objective(
         components, weights, alpha=alpha, ce_weight=ce_weight,
         balance=bool(cfg_get(loss_cfg, "balance", False)), schedule=schedule,
     )
+
+
+def lm_chunk_size(loss_cfg: Any) -> int | None:
+    """The chunk size a loss config asks for, from the config alone (before the objective is built)."""
+    sizes = [
+        int(cfg_get(c, "chunk_size"))
+        for c in (cfg_get(loss_cfg, "components") or {}).values()
+        if cfg_get(c, "type", "response") == "response" and cfg_get(c, "chunk_size") is not None
+    ]
+    return min(sizes) if sizes else None

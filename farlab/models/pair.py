@@ -8,19 +8,18 @@ parameters have ``requires_grad=False`` and never reach the optimizer.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import inspect
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
-from farlab.losses.base import DistillBatch, ModelView
+from farlab.losses.base import DistillBatch
 from farlab.losses.objective import DistillationObjective
+from farlab.models.forward import run_model
 from farlab.registry import Registry
-from farlab.teachers.backends.base import TeacherBackend, model_inputs
+from farlab.teachers.backends.base import TeacherBackend
 from farlab.teachers.backends.hf import HFBackend
 
 Masks = tuple[Tensor, Tensor | None]  # (token_mask [B, T], response_mask [B, T] or None)
@@ -78,7 +77,10 @@ class DistillationModule(nn.Module):
         self.teacher_trainable = teacher_trainable and teacher is not None
         self.teacher_ce_weight = teacher_ce_weight
         self.detach_targets = detach_targets
-        self.teacher_backend = backend if backend is not None else (HFBackend(teacher) if teacher is not None else None)
+        # Causal LMs with a chunked response loss never build the full [B, T, V] logits.
+        self.chunk_size = objective.lm_chunk_size if kind == "causal_lm" else None
+        default_backend = HFBackend(teacher, chunk_size=self.chunk_size) if teacher is not None else None
+        self.teacher_backend = backend if backend is not None else default_backend
         self.vocab_align, self.on_policy = vocab_align, on_policy
         # Run counters (farlab.teachers.backends.accounting logs them per optimizer step).
         self.teacher_forwards = self.batches_seen = self.on_policy_batches = 0
@@ -103,8 +105,8 @@ class DistillationModule(nn.Module):
             batch = self.on_policy.sample(self.student, batch)
         self.batches_seen += 1
         self.on_policy_batches += int(on_policy)
-        student_out = self.student(**accepted_inputs(self.student, model_inputs(batch)), **flags)
-        ce = student_out.loss if not on_policy else student_out.loss * 0.0  # no CE on its own samples
+        ce, student_view = run_model(self.student, batch, flags, self.chunk_size)
+        ce = ce if not on_policy else ce * 0.0  # no CE on its own samples
         if self.teacher_backend is None or not objective.needs_teacher:
             return objective(None, ce, step, max_steps)
 
@@ -117,7 +119,7 @@ class DistillationModule(nn.Module):
         )
         self.teacher_forwards += teacher.forwards
         token_mask, response_mask = self.masks(batch)
-        student_view, teacher_view = _view(student_out), teacher.view
+        teacher_view = teacher.view
         if self.vocab_align is not None:
             student_view, teacher_view = self.vocab_align(student_view, teacher_view)
         distill = DistillBatch(
@@ -131,27 +133,6 @@ class DistillationModule(nn.Module):
             total = total + self.teacher_ce_weight * teacher.loss
             parts["teacher_ce"] = float(teacher.loss.detach())
         return total, parts
-
-
-@functools.lru_cache(maxsize=32)
-def _forward_params(forward: Any) -> frozenset[str] | None:
-    params = inspect.signature(forward).parameters
-    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None  # takes anything
-    return frozenset(params)
-
-
-def accepted_inputs(model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The batch minus keys the model's forward does not take (e.g. DistilBERT has no token_type_ids)."""
-    accepted = _forward_params(type(model).forward)
-    return batch if accepted is None else {k: v for k, v in batch.items() if k in accepted}
-
-
-def _view(out: Any, detach: bool = False) -> ModelView:
-    maybe = (lambda t: t.detach()) if detach else (lambda t: t)
-    hidden = tuple(maybe(h) for h in out.hidden_states) if out.hidden_states else None
-    attn = tuple(maybe(a) for a in out.attentions) if getattr(out, "attentions", None) else None
-    return ModelView(logits=maybe(out.logits), hidden_states=hidden, attentions=attn)
 
 
 def parameter_fingerprint(model: nn.Module) -> str:

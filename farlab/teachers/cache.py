@@ -48,7 +48,8 @@ from torch.utils.data import DataLoader
 
 from farlab.losses.base import TopK
 from farlab.registry import Registry
-from farlab.teachers.backends.base import filler_topk, model_inputs, topk_from_logits
+from farlab.models.forward import model_inputs
+from farlab.teachers.backends.base import filler_topk, topk_from_logits
 from farlab.teachers.store import file_lock
 from farlab.trainer.checkpoints import COMPLETE_MARKER, publish
 
@@ -248,7 +249,7 @@ def write_cache(
 
     Two passes: one over the collated batches to size the memory-mapped arrays, one with the teacher.
     """
-    from farlab.models.pair import accepted_inputs
+    from farlab.models.forward import accepted_inputs
 
     k, codec, layers = key["top_k"], CODECS.get(key["dtype"]), list(key["hidden_layers"])
     n = len(data.train)
@@ -473,7 +474,7 @@ def main(argv: list[str] | None = None) -> Path:
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     validate_config(cfg)
-    tokenizer = load_tokenizer(cfg.model.tokenizer)
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     prepared = prepare_cache(TeacherContext(cfg, None, data, tokenizer, cfg.model.attn_implementation), prepare_teacher,
                              force_build=True)

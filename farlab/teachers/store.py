@@ -62,8 +62,10 @@ class TeacherStore:
             if (entry / COMPLETE_MARKER).is_file():
                 log.info("reusing SFT teacher from the store: %s", entry)
                 return entry, True
+            # Holding the lock, any staging dir of this entry is a dead trainer's leftover.
+            for leftover in entry.parent.glob(f".{entry.name}.staging-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
             staging = entry.parent / f".{entry.name}.staging-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
             log.info("training SFT teacher into the store: %s", entry)
             train(staging)

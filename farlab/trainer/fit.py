@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainingArguments
 
+from farlab.config import TrainConfig
 from farlab.data.base import TaskData
 from farlab.models.pair import DistillationModule
 from farlab.trainer.trainer import DistillationTrainer
@@ -23,24 +24,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class FitSettings:
-    """The subset of train settings the Trainer needs (the SFT recipe maps onto it too)."""
+class FitSettings(TrainConfig):
+    """A run's train settings plus what only the running process knows (loggers, run name, ...).
 
-    epochs: float = 3.0
-    max_steps: int = -1
-    batch_size: int = 32
-    learning_rate: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    grad_accum_steps: int = 1
-    max_grad_norm: float = 1.0
-    logging_steps: int = 50
-    save_steps: int = 500
-    save_total_limit: int = 2
-    bf16: bool = False
-    fp16: bool = False
-    gradient_checkpointing: bool = False
-    progress_bar: bool = True
+    The SFT-teacher recipe maps onto it too: :meth:`from_config` takes the fields a node has.
+    """
+
     report_to: tuple[str, ...] = ()
     run_name: str | None = None
     save_checkpoints: bool = True

@@ -27,6 +27,11 @@ from tests.conftest import tiny_overrides
         ({"task.primary_metric": "bleu"}, DataError, r"primary_metric='bleu'"),
         ({"loss.components.response.fn": "kll"}, ConfigError, r"kll.*did you mean 'kl'"),
         ({"train.bf16": True, "train.fp16": True}, ConfigError, "mutually exclusive"),
+        (
+            {"teacher_strategy": "cotrain_base", "loss.components.response.chunk_size": 64},
+            ConfigError,
+            "co-trained teacher .* cannot use",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_a_clear_message(compose_cfg, store_dir, extra, error, pattern):

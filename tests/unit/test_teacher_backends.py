@@ -11,7 +11,8 @@ from farlab.config import ConfigError, validate_config
 from farlab.losses.objective import build_objective
 from farlab.models.loading import Head, build_model, model_shape
 from farlab.losses.base import DistillBatch
-from farlab.models.pair import DistillationModule, _view, accepted_inputs
+from farlab.models.forward import accepted_inputs, output_view as _view
+from farlab.models.pair import DistillationModule
 from tests.conftest import tiny_overrides
 
 

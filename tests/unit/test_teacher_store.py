@@ -71,9 +71,11 @@ def test_a_lock_left_by_a_killed_trainer_is_recovered(tmp_path):
     locks = list((tmp_path / "store").glob("*.lock"))
     assert locks, "the killed trainer leaves its lock file behind"
     assert not any((tmp_path / "store").glob("*/COMPLETE"))  # and no complete entry
+    assert list((tmp_path / "store").glob(".*.staging-*"))  # only a half-written staging dir
 
     start = time.monotonic()
     path, reused = store.get_or_train("cola-tiny-seed1", {"seed": 1}, lambda out: (out / "model.bin").write_text("b"))
     assert time.monotonic() - start < 10  # the kernel released the dead holder's lock: no waiting on it
     assert not reused and (path / "COMPLETE").is_file() and (path / "model.bin").read_text() == "b"
+    assert not list((tmp_path / "store").glob(".*.staging-*"))  # the dead trainer's leftovers are gone
     assert store.get_or_train("cola-tiny-seed1", {"seed": 1}, lambda out: None) == (path, True)

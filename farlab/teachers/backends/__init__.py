@@ -18,12 +18,10 @@ from typing import Any
 
 from farlab.registry import Registry, unknown_choice_message
 from farlab.teachers.backends.base import (
-    BATCH_METADATA,
     DEFAULT_TOP_K,
     PreparedTeacher,
     TeacherBackend,
     TeacherOutput,
-    model_inputs,
     topk_from_logits,
 )
 from farlab.teachers.backends.cache import prepare_cache, validate_cache
@@ -32,12 +30,14 @@ from farlab.teachers.backends.openai import prepare_openai, validate_openai
 
 
 def _prepare_hf(ctx: Any, load_teacher: Callable[[Any], Any]) -> PreparedTeacher:
+    from farlab.losses.objective import lm_chunk_size
     from farlab.models.loading import model_shape
     from farlab.teachers.tokenizers import logit_width
 
+    chunk = lm_chunk_size(ctx.cfg.loss) if ctx.data.kind == "causal_lm" else None  # see farlab.models.forward
     teacher = load_teacher(ctx)
     return PreparedTeacher(model=teacher, shape=model_shape(teacher), vocab_size=logit_width(teacher, ctx.data.kind),
-                           make_backend=hf_backend_factory(ctx.cfg.teacher.top_k))
+                           make_backend=hf_backend_factory(ctx.cfg.teacher.top_k, chunk))
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,6 @@ def validate_teacher_config(cfg: Any) -> list[str]:
 
 
 __all__ = [
-    "BATCH_METADATA", "BackendKind", "DEFAULT_TOP_K", "HFBackend", "PreparedTeacher", "TEACHER_BACKENDS",
-    "TeacherBackend", "TeacherOutput", "model_inputs", "topk_from_logits", "validate_teacher_config",
+    "BackendKind", "DEFAULT_TOP_K", "HFBackend", "PreparedTeacher", "TEACHER_BACKENDS",
+    "TeacherBackend", "TeacherOutput", "topk_from_logits", "validate_teacher_config",
 ]

@@ -19,7 +19,6 @@ from torch import Tensor
 from farlab.losses.base import ModelView, TopK
 
 DEFAULT_TOP_K = 20  # cache/openai with teacher.top_k=null; vLLM's default --max-logprobs cap
-BATCH_METADATA = ("example_id",)  # batch keys that are bookkeeping, never model inputs
 
 
 @dataclass
@@ -53,11 +52,6 @@ class PreparedTeacher:
     metrics: dict[str, Any] | None = None  # pre-training teacher metrics known without the model (cache)
     make_backend: Any = None  # (in-process teacher or None) -> TeacherBackend, called after LoRA wrapping
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The batch without farlab's bookkeeping keys (models never see ``example_id``)."""
-    return {k: v for k, v in batch.items() if k not in BATCH_METADATA}
 
 
 def topk_from_logits(logits: Tensor, k: int) -> TopK:
