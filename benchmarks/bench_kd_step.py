@@ -128,7 +128,7 @@ def main() -> None:
     print(f"{'teacher no-grad forward':<28}{teacher_med:>14.4f}{tokens / teacher_med:>12.0f}")
     print(f"ratio KD / (SFT + teacher forward) = {ratio:.3f}  (target <= 1.10)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"kd_step_{args.model}_{args.device}.json"
+    out = RESULTS / f"kd_step_{args.model}_{args.device}_{args.dtype}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
