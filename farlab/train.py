@@ -7,6 +7,7 @@ Every choice lives in a config group and a registry; this file only wires the st
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from transformers import set_seed
 
 from farlab.config import REPO_ROOT, register_configs, validate_config
 from farlab.data import build_task_data
+from farlab.data.base import TaskData
 from farlab.eval.loop import evaluate_model
 from farlab.eval.transfer import transfer_gap
 from farlab.losses.gkd import build_on_policy
@@ -56,27 +58,34 @@ def loss_requirements(loss_cfg: DictConfig) -> tuple[bool, bool]:
     return needs_teacher, needs_attention
 
 
-def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dict[str, Any]:
-    """One experiment; raises :class:`Preempted` when ``stop`` saw a signal and training stopped early."""
-    validate_config(cfg)
-    set_threads(cfg.train.num_threads)
-    needs_teacher, needs_attention = loss_requirements(cfg.loss)
-    attn = "eager" if needs_attention else cfg.model.attn_implementation
-    if needs_attention and cfg.model.attn_implementation != "eager":
+def attention_implementation(cfg: DictConfig, needs_attention: bool) -> str | None:
+    """The attention kernel to load models with: eager whenever an attention loss needs the maps."""
+    if not needs_attention:
+        return cfg.model.attn_implementation
+    if cfg.model.attn_implementation != "eager":
         # sdpa/flash kernels return no attention maps (an empty tuple), which would silently zero the loss.
         log.info(
             "attention loss configured: switching attn_implementation %s -> eager",
             cfg.model.attn_implementation or "default (sdpa)",
         )
+    return "eager"
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)  # a processor for vision-language pairs
-    data = build_task_data(cfg.task, tokenizer, cfg.seed)
-    log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
-    check_tokenizers(cfg, tokenizer, data, needs_teacher)  # model.teacher_tokenizer vs the student's
 
-    # Models. The student is built from the teacher's *base* weights, so every teacher strategy
-    # starts the student from the same point.
-    # A cache or server backend builds the teacher only if it must (a missing cache), see farlab.teachers.backends.
+@dataclass
+class Setup:
+    """Everything built before training: the pair the Trainer optimises and the teacher's provenance."""
+
+    pair: DistillationModule
+    teacher: Any  # the in-process teacher, or None (no KD, or a cache/server backend)
+    prepared: Any  # what the teacher backend prepared (its pre-training metrics for a cache), or None
+
+
+def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, needs_teacher: bool, attn: str | None) -> Setup:
+    """Student, teacher (through its strategy and backend), objective: the models of one run.
+
+    The student is built from the teacher's *base* weights, so every teacher strategy starts the
+    student from the same point. A cache or server backend builds the teacher only if it must.
+    """
     head = head_for(data)
     backend_kind = TEACHER_BACKENDS.get(cfg.teacher.backend)
     set_seed(cfg.seed)
@@ -94,7 +103,6 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         teacher = prepared.model  # None for cache/openai: no teacher in this process
         check_logit_widths(cfg, logit_width(student, data.kind), prepared.vocab_size)
     shapes = (model_shape(student), prepared.shape if prepared else None)
-    del base_teacher
     trainable_teacher = teacher is not None and bool(cfg.teacher_strategy.trainable)
     if cfg.model.student.lora.r > 0:
         student = apply_lora(student, cfg.model.student.lora, data.kind)
@@ -116,19 +124,36 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         vocab_align=vocab_aligner(cfg.model.vocab_align, data.kind) if prepared else None,
         on_policy=build_on_policy(cfg, data.kind, tokenizer) if prepared else None,
     )
+    return Setup(pair, teacher, prepared)
+
+
+def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dict[str, Any]:
+    """One experiment; raises :class:`Preempted` when ``stop`` saw a signal and training stopped early."""
+    validate_config(cfg)
+    set_threads(cfg.train.num_threads)
+    needs_teacher, needs_attention = loss_requirements(cfg.loss)
+    attn = attention_implementation(cfg, needs_attention)
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)  # a processor for vision-language pairs
+    data = build_task_data(cfg.task, tokenizer, cfg.seed)
+    log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
+    check_tokenizers(cfg, tokenizer, data, needs_teacher)  # model.teacher_tokenizer vs the student's
+    setup = build_setup(cfg, data, tokenizer, needs_teacher, attn)
+    pair, teacher = setup.pair, setup.teacher
 
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
-    pre = {"student": evaluate_model(student, data, eval_bs, "pre-eval student", progress)}
+    pre = {"student": evaluate_model(pair.student, data, eval_bs, "pre-eval student", progress)}
     if teacher is not None:
         pre["teacher"] = evaluate_model(teacher, data, eval_bs, "pre-eval teacher", progress)
-    elif prepared is not None and prepared.metrics is not None:
-        pre["teacher"] = prepared.metrics  # the cache's record of this same evaluation
+    elif setup.prepared is not None and setup.prepared.metrics is not None:
+        pre["teacher"] = setup.prepared.metrics  # the cache's record of this same evaluation
 
+    cotrain = cfg.teacher_strategy.cotrain
     settings = FitSettings.from_config(
         cfg.train,
         report_to=("wandb",) if cfg.wandb.mode != "disabled" else (),
         run_name=run_dir.name,
-        teacher_learning_rate=cotrain.learning_rate if trainable_teacher else None,
+        teacher_learning_rate=cotrain.learning_rate if pair.teacher_trainable else None,
     )
     stop = stop or GracefulStop()
     trainer = make_trainer(pair, data, tokenizer, run_dir, settings, cfg.seed, callbacks=[stop])
@@ -139,8 +164,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     if compute is not None:
         trainer.add_callback(compute)  # teacher_forwards_per_step (and on_policy_fraction) in the logs
     resume_from = resume_checkpoint(run_dir, cfg.resume)
-    frozen = teacher is not None and not pair.teacher_trainable
-    with frozen_guard(teacher, frozen):
+    with frozen_guard(teacher, frozen=teacher is not None and not pair.teacher_trainable):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.requested:  # stopped after a checkpoint, or the signal came during the last step's save
         step = result.global_step if stop.stopped_at is not None else None
