@@ -42,7 +42,7 @@ from farlab.teachers.strategies import TeacherContext, prepare_teacher
 from farlab.teachers.tokenizers import check_logit_widths, check_tokenizers, logit_width, vocab_aligner
 from farlab.trainer.callbacks import PeakMetrics
 from farlab.trainer.checkpoints import latest_complete_checkpoint, resume_checkpoint
-from farlab.trainer.fit import FitSettings, make_trainer, set_threads
+from farlab.trainer.fit import FitSettings, configure_wandb, finish_wandb, make_trainer, set_threads
 from farlab.trainer.resources import peak_memory_mb
 from farlab.trainer.signals import GracefulStop, Preempted, requeue_or_exit
 
@@ -151,7 +151,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     cotrain = cfg.teacher_strategy.cotrain
     settings = FitSettings.from_config(
         cfg.train,
-        report_to=("wandb",) if cfg.wandb.mode != "disabled" else (),
+        report_to=configure_wandb(cfg.wandb, run_dir),
         run_name=run_dir.name,
         teacher_learning_rate=cotrain.learning_rate if pair.teacher_trainable else None,
     )
@@ -179,7 +179,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     primary = data.primary_metric
     # The transfer gap uses the teacher the student actually learned from (post-training when co-trained).
     teacher_score = (post.get("teacher") or pre.get("teacher") or {}).get(primary)
-    return {
+    metrics = {
         "task": data.name,
         "primary_metric": primary,
         "eval_split": data.eval_split_name,
@@ -199,6 +199,9 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         "best": peak.best,
         "peak_memory_mb": peak_memory_mb(),
     }
+    if settings.report_to:
+        finish_wandb(metrics)
+    return metrics
 
 
 def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:

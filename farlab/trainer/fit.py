@@ -90,6 +90,43 @@ def make_trainer(
     )
 
 
+def configure_wandb(wandb_cfg: Any, run_dir: Path) -> tuple[str, ...]:
+    """Point the Trainer's W&B integration at this run (``report_to``); offline mode needs no login.
+
+    The integration reads its settings from the environment, so the config's values are exported there;
+    the run's files go under ``<run dir>/wandb`` (``wandb sync`` uploads an offline run later).
+    """
+    if wandb_cfg.mode == "disabled":
+        return ()
+    os.environ["WANDB_MODE"] = wandb_cfg.mode
+    os.environ["WANDB_PROJECT"] = wandb_cfg.project
+    os.environ["WANDB_DIR"] = str(run_dir)
+    if wandb_cfg.entity:
+        os.environ["WANDB_ENTITY"] = wandb_cfg.entity
+    if wandb_cfg.tags:
+        os.environ["WANDB_TAGS"] = ",".join(wandb_cfg.tags)
+    return ("wandb",)
+
+
+def finish_wandb(metrics: dict[str, Any]) -> None:
+    """Put the run's pre/post metrics and transfer gap in the W&B summary and close the run.
+
+    The Trainer leaves its W&B run open after training; closing it flushes an offline run to disk
+    and keeps the jobs of an in-process sweep from logging into one run.
+    """
+    import wandb
+
+    if wandb.run is None:
+        return
+    summary = {}
+    for stage in ("pre", "post"):
+        for role, values in metrics[stage].items():
+            summary.update({f"{stage}/{role}/{name}": value for name, value in values.items()})
+    summary.update({f"transfer_gap/{k}": v for k, v in metrics["transfer_gap"].items() if v is not None})
+    wandb.run.summary.update(summary)
+    wandb.finish()
+
+
 def set_threads(num_threads: int | None) -> None:
     if num_threads:
         torch.set_num_threads(num_threads)

@@ -152,3 +152,19 @@ def test_cotrained_teacher_changes_and_is_evaluated_before_and_after(compose_cfg
     assert gap["teacher_advantage"] == pytest.approx(expected)
     # The co-trained teacher is saved beside the student in every checkpoint.
     assert (tmp_path / "cotrain" / "checkpoint-4" / "farlab_extras.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_wandb_offline_logs_every_loss_component_without_a_login(compose_cfg, tmp_path, store_dir, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run_dir = tmp_path / "wandb_run"
+    overrides = tiny_overrides(store_dir, teacher_strategy="frozen_base", **{"wandb.mode": "offline"})
+    _run(compose_cfg, run_dir, overrides)
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    history = runs[0] / f"run-{runs[0].name.split('-')[-1]}.wandb"
+    assert history.is_file() and history.stat().st_size > 0
+    logged = history.read_bytes()
+    for key in (b"loss/ce", b"loss/response/raw", b"loss/response/weighted", b"post/student/mcc"):
+        assert key in logged
