@@ -13,6 +13,18 @@ from omegaconf.errors import OmegaConfBaseException
 C = TypeVar("C")
 
 
+GENERATION_SPLITS = ("validation", "test")  # eval splits of the generation tasks (seeded, carved from train)
+
+
+@dataclass
+class GenerationConfig:
+    """How generation tasks decode their eval prompts (translation, OCR)."""
+
+    max_new_tokens: int = 64
+    num_beams: int = 1  # 1 = greedy
+    batch_size: int = 16
+
+
 class DataError(ValueError):
     """A data file is missing, malformed or holds values outside the task's label set."""
 

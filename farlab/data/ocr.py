@@ -30,21 +30,13 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from farlab.data.base import DataError, TaskData, typed_config
+from farlab.data.base import GENERATION_SPLITS, DataError, GenerationConfig, TaskData, typed_config
 from farlab.eval.metrics import METRICS
 from farlab.registry import Registry, unknown_choice_message
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("validation", "test")
 IMAGE_SUFFIXES = [".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"]
-
-
-@dataclass
-class OCRGenerationConfig:
-    max_new_tokens: int = 128
-    num_beams: int = 1  # 1 = greedy
-    batch_size: int = 8
 
 
 @dataclass
@@ -71,7 +63,7 @@ class OCRTaskConfig:
     eval_limit: Optional[int] = None
     check_images: bool = True  # open every image while building, so a bad file fails before training
     normalize: str = "whitespace"  # none | whitespace | olmocr_bench: applied to predictions and references
-    generation: OCRGenerationConfig = field(default_factory=OCRGenerationConfig)
+    generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128, batch_size=8))
     metrics: list[str] = field(default_factory=lambda: ["edit_similarity", "exact_match"])
     primary_metric: Optional[str] = "edit_similarity"
 
@@ -428,8 +420,8 @@ class OCRHandler:
         ):
             if value not in registry:
                 raise DataError(unknown_choice_message(label, value, registry.names()))
-        if cfg.eval_split not in SPLITS:
-            raise DataError(unknown_choice_message("task.eval_split", cfg.eval_split, list(SPLITS)))
+        if cfg.eval_split not in GENERATION_SPLITS:
+            raise DataError(unknown_choice_message("task.eval_split", cfg.eval_split, list(GENERATION_SPLITS)))
         for metric in cfg.metrics:
             if metric not in METRICS:
                 raise DataError(unknown_choice_message("metric", metric, METRICS.names()))

@@ -18,19 +18,9 @@ import datasets
 import torch
 from omegaconf import DictConfig
 
-from farlab.data.base import DataError, TaskData, typed_config
+from farlab.data.base import GENERATION_SPLITS, DataError, GenerationConfig, TaskData, typed_config
 from farlab.eval.metrics import METRICS
 from farlab.registry import unknown_choice_message
-
-SPLITS = ("validation", "test")
-
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 64
-    num_beams: int = 1  # 1 = greedy
-    batch_size: int = 16
-
 
 @dataclass
 class TranslationTaskConfig:
@@ -72,8 +62,8 @@ class TranslationHandler:
         unknown = fields - {"source", "source_lang", "target_lang"}
         if unknown:
             raise DataError(f"task.prompt_template uses unknown fields {sorted(unknown)}; valid: source, source_lang, target_lang")
-        if cfg.eval_split not in SPLITS:
-            raise DataError(unknown_choice_message("task.eval_split", cfg.eval_split, list(SPLITS)))
+        if cfg.eval_split not in GENERATION_SPLITS:
+            raise DataError(unknown_choice_message("task.eval_split", cfg.eval_split, list(GENERATION_SPLITS)))
         for metric in cfg.metrics:
             if metric not in METRICS:
                 raise DataError(unknown_choice_message("metric", metric, METRICS.names()))
