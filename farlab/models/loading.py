@@ -155,7 +155,7 @@ def spec_shape(spec: Any, head: Head, teacher: ModelShape | None = None) -> Mode
             raise ConfigError("a from_teacher student's shape needs the teacher's")
         return ModelShape(len(spec.init_blocks), teacher.hidden_size, teacher.num_heads)
     if spec.source == "config":
-        fields = config_fields(spec)
+        fields = spec_config_fields(spec)
         return ModelShape.from_hf_config(AutoConfig.for_model(fields.pop("model_type"), **fields))
     return ModelShape.from_hf_config(AutoConfig.from_pretrained(spec.path))
 
