@@ -19,7 +19,6 @@ def _overrides(store, **extra):
         "task.eval_limit": 6,
         "task.generation.max_new_tokens": 6,
         "task.max_length": 96,
-        "task.eval_limit": 6,
     }
     base.update(extra)
     return tiny_overrides(store, **base)

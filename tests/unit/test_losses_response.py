@@ -68,7 +68,7 @@ def test_chunked_tied_head_without_bias_and_no_grad():
     emb = nn.Embedding(V, D)
     head = nn.Linear(D, V, bias=False)
     head.weight = emb.weight  # tied
-    h, h_t, mask = torch.randn(B, T, D, requires_grad=True), torch.randn(B, T, D), torch.ones(B, T)
+    h, mask = torch.randn(B, T, D, requires_grad=True), torch.ones(B, T)
     t_logits = torch.randn(B, T, V)
     dense = ResponseLoss("reverse_kl")(DistillBatch(ModelView(logits=head(h)), ModelView(logits=t_logits), mask, mask))
     chunked_batch = DistillBatch(ModelView(final_hidden=h, lm_head=head), ModelView(logits=t_logits), mask, mask)
