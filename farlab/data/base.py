@@ -64,3 +64,17 @@ def typed_config(schema: type[C], task_cfg: DictConfig | dict) -> C:
         name = task_cfg.get("name") if hasattr(task_cfg, "get") else None
         raise DataError(f"task config {name!r}: {err}") from err
     return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def check_eval_settings(metrics: list[str], primary: str | None, eval_split: str | None = None) -> None:
+    """Known metric names, a primary metric among them, and (generation tasks) a known eval split."""
+    from farlab.eval.metrics import METRICS  # local: keeps this module free of metric libraries at import
+    from farlab.registry import unknown_choice_message
+
+    if eval_split is not None and eval_split not in GENERATION_SPLITS:
+        raise DataError(unknown_choice_message("task.eval_split", eval_split, GENERATION_SPLITS))
+    for metric in metrics:
+        if metric not in METRICS:
+            raise DataError(unknown_choice_message("metric", metric, METRICS.names()))
+    if (primary or metrics[0]) not in metrics:
+        raise DataError(f"task.primary_metric={primary!r} is not among task.metrics={list(metrics)}")

@@ -18,8 +18,7 @@ import datasets
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from farlab.data.base import DataError, TaskData, typed_config
-from farlab.eval.metrics import METRICS
+from farlab.data.base import DataError, TaskData, check_eval_settings, typed_config
 from farlab.registry import unknown_choice_message
 
 csv.field_size_limit(sys.maxsize)
@@ -81,12 +80,7 @@ class GlueHandler:
     def validate(self, task_cfg: DictConfig) -> None:
         cfg = typed_task_config(task_cfg)
         layout = self._layout(cfg)
-        for metric in cfg.metrics or layout.metrics:
-            if metric not in METRICS:
-                raise DataError(unknown_choice_message("metric", metric, METRICS.names()))
-        primary = cfg.primary_metric or layout.primary_metric
-        if primary not in (cfg.metrics or layout.metrics):
-            raise DataError(f"task.primary_metric={primary!r} is not among task.metrics={list(cfg.metrics)}")
+        check_eval_settings(list(cfg.metrics or layout.metrics), cfg.primary_metric or layout.primary_metric)
         if not 0 < cfg.validation_fraction < 1:
             raise DataError(f"task.validation_fraction={cfg.validation_fraction} must be in (0, 1)")
         if cfg.max_length < 8:

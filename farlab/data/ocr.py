@@ -30,8 +30,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from farlab.data.base import GENERATION_SPLITS, DataError, GenerationConfig, TaskData, typed_config
-from farlab.eval.metrics import METRICS
+from farlab.data.base import DataError, check_eval_settings, GenerationConfig, TaskData, typed_config
 from farlab.registry import Registry, unknown_choice_message
 
 log = logging.getLogger(__name__)
@@ -420,13 +419,7 @@ class OCRHandler:
         ):
             if value not in registry:
                 raise DataError(unknown_choice_message(label, value, registry.names()))
-        if cfg.eval_split not in GENERATION_SPLITS:
-            raise DataError(unknown_choice_message("task.eval_split", cfg.eval_split, list(GENERATION_SPLITS)))
-        for metric in cfg.metrics:
-            if metric not in METRICS:
-                raise DataError(unknown_choice_message("metric", metric, METRICS.names()))
-        if (cfg.primary_metric or cfg.metrics[0]) not in cfg.metrics:
-            raise DataError(f"task.primary_metric={cfg.primary_metric!r} is not among task.metrics={cfg.metrics}")
+        check_eval_settings(cfg.metrics, cfg.primary_metric, cfg.eval_split)
         if not 0 <= cfg.validation_fraction < 1 or not 0 <= cfg.test_fraction < 1:
             raise DataError("task.validation_fraction and task.test_fraction must be in [0, 1)")
         if cfg.max_image_side < 16 or cfg.max_aspect_ratio < 1:

@@ -18,9 +18,7 @@ import datasets
 import torch
 from omegaconf import DictConfig
 
-from farlab.data.base import GENERATION_SPLITS, DataError, GenerationConfig, TaskData, typed_config
-from farlab.eval.metrics import METRICS
-from farlab.registry import unknown_choice_message
+from farlab.data.base import DataError, check_eval_settings, GenerationConfig, TaskData, typed_config
 
 @dataclass
 class TranslationTaskConfig:
@@ -62,13 +60,7 @@ class TranslationHandler:
         unknown = fields - {"source", "source_lang", "target_lang"}
         if unknown:
             raise DataError(f"task.prompt_template uses unknown fields {sorted(unknown)}; valid: source, source_lang, target_lang")
-        if cfg.eval_split not in GENERATION_SPLITS:
-            raise DataError(unknown_choice_message("task.eval_split", cfg.eval_split, list(GENERATION_SPLITS)))
-        for metric in cfg.metrics:
-            if metric not in METRICS:
-                raise DataError(unknown_choice_message("metric", metric, METRICS.names()))
-        if (cfg.primary_metric or cfg.metrics[0]) not in cfg.metrics:
-            raise DataError(f"task.primary_metric={cfg.primary_metric!r} is not among task.metrics={cfg.metrics}")
+        check_eval_settings(cfg.metrics, cfg.primary_metric, cfg.eval_split)
         if cfg.source_file is None and cfg.hub_name is None:
             raise DataError(f"task {cfg.name!r}: set task.source_file and task.target_file, or task.hub_name")
         if cfg.source_file is not None:
