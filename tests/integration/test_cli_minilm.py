@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from farlab.config import REPO_ROOT
+
+
+def _train_cli(overrides: list[str]) -> subprocess.CompletedProcess:
+    """``python -m farlab.train <overrides>`` as a user types it, offline, W&B off."""
+    return subprocess.run(
+        [sys.executable, "-m", "farlab.train", *overrides],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"},
+    )
 
 
 @pytest.mark.slow
@@ -28,14 +41,7 @@ def test_default_config_with_minilm_on_a_slice_of_real_cola(tmp_path):
         f"teacher_strategy.store_dir={tmp_path / 'store'}",
         f"hydra.run.dir={run_dir}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "farlab.train", *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"},
-    )
+    proc = _train_cli(overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg_text = (run_dir / "config.yaml").read_text()
     for expected in ("name: cola", "name: minilm", "name: frozen_sft", "name: response_kl"):
@@ -66,14 +72,7 @@ def test_combined_far_with_the_minilm_pair(tmp_path):
         "train.num_threads=2",
         f"hydra.run.dir={run_dir}",
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "farlab.train", *overrides],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"},
-    )
+    proc = _train_cli(overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     components = json.loads((run_dir / "metrics.json").read_text())["loss_components"]
     for name in ("response", "feature", "attention"):

@@ -27,6 +27,23 @@ def _run(compose_cfg, run_dir: Path, overrides: list[str]) -> dict:
     return execute(cfg, run_dir, overrides)
 
 
+def _capture_teacher(monkeypatch) -> dict:
+    """Record the teacher a run prepares and its weights at that moment (``teacher``, ``before``)."""
+    from farlab.teachers import strategies
+
+    captured: dict = {}
+    original = strategies.prepare_teacher
+
+    def capture(ctx):
+        teacher = original(ctx)
+        captured["teacher"] = teacher
+        captured["before"] = {k: v.clone() for k, v in teacher.state_dict().items()}
+        return teacher
+
+    monkeypatch.setattr("farlab.train.prepare_teacher", capture)
+    return captured
+
+
 def _check_run_dir(run_dir: Path) -> tuple[dict, dict]:
     for name in RUN_FILES:
         assert (run_dir / name).is_file(), f"missing {name}"
@@ -80,18 +97,7 @@ def test_kd_frozen_sft_teacher_is_stored_reused_and_unchanged(compose_cfg, tmp_p
 
 
 def test_frozen_base_teacher_parameters_are_bitwise_unchanged(compose_cfg, tmp_path, store_dir, monkeypatch):
-    from farlab.teachers import strategies
-
-    captured = {}
-    original = strategies.prepare_teacher
-
-    def capture(ctx):
-        teacher = original(ctx)
-        captured["teacher"] = teacher
-        captured["before"] = {k: v.clone() for k, v in teacher.state_dict().items()}
-        return teacher
-
-    monkeypatch.setattr("farlab.train.prepare_teacher", capture)
+    captured = _capture_teacher(monkeypatch)
     metrics = _run(compose_cfg, tmp_path / "fb", tiny_overrides(store_dir, teacher_strategy="frozen_base"))
     after = captured["teacher"].state_dict()
     assert all(torch.equal(captured["before"][k], after[k]) for k in after)
@@ -124,18 +130,7 @@ def test_failed_run_records_status_and_error(compose_cfg, tmp_path, store_dir, m
 
 
 def test_cotrained_teacher_changes_and_is_evaluated_before_and_after(compose_cfg, tmp_path, store_dir, monkeypatch):
-    captured = {}
-    from farlab.teachers import strategies
-
-    original = strategies.prepare_teacher
-
-    def capture(ctx):
-        teacher = original(ctx)
-        captured["teacher"] = teacher
-        captured["before"] = {k: v.clone() for k, v in teacher.state_dict().items()}
-        return teacher
-
-    monkeypatch.setattr("farlab.train.prepare_teacher", capture)
+    captured = _capture_teacher(monkeypatch)
     overrides = tiny_overrides(
         store_dir,
         teacher_strategy="cotrain_base",
