@@ -180,10 +180,15 @@ def requeue_or_exit(err: Preempted) -> NoReturn:
         sys.exit(PREEMPTED_EXIT_CODE)  # not reached with submitit 1.5 (its handler always exits or raises)
     job = slurm_job_id()
     if job is not None:
+        # Log before the call: once SLURM accepts the requeue it terminates this job step, often before
+        # `scontrol` has even returned, so a line written afterwards may never reach output.log.
+        log.warning("preempted (%s): requeueing SLURM job %s; it resumes in the same run dir", err, job)
+        _flush_logs()
+        # The checkpoint and run record are already on disk; SLURM's SIGTERM for the requeue would only cut
+        # the few lines left short, so let this process finish them and exit on its own (as submitit does).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         res = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60, check=False)
-        if res.returncode == 0:
-            log.warning("preempted (%s): requeued SLURM job %s; it resumes in the same run dir", err, job)
-        else:
+        if res.returncode != 0:
             log.error("preempted (%s): `scontrol requeue %s` failed: %s", err, job, res.stderr.strip())
     else:
         log.warning(

@@ -102,7 +102,7 @@ def test_plain_sbatch_job_requeues_itself_on_usr1(slurm_cluster, tmp_path: Path)
     assert meta["status"] == "completed" and meta["attempts"] == 2, (meta, slurm_log(tmp_path))
     assert meta["slurm"]["job_id"] == job
     log = (run_dir / "output.log").read_text()
-    assert f"requeued SLURM job {job}" in log and "resuming from" in log
+    assert f"requeueing SLURM job {job}" in log and "resuming from" in log
     got, want = read_json(run_dir / "metrics.json"), read_json(reference / "metrics.json")
     assert got["post"] == want["post"] and got["loss_components"] == want["loss_components"]
     assert_bitwise(run_dir / "final" / "model.safetensors", reference / "final" / "model.safetensors")
