@@ -118,6 +118,11 @@ class PromptEncoder:
     def __init__(self, cfg: TranslationTaskConfig, tokenizer: Any) -> None:
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise DataError("the tokenizer needs eos and pad tokens for translation (set tokenizer.pad_token)")
+        if cfg.use_chat_template and not getattr(tokenizer, "chat_template", None):
+            raise DataError(
+                f"task.use_chat_template=true, but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no "
+                "chat template (base models usually have none): set task.use_chat_template=false"
+            )
         self.cfg, self.tokenizer = cfg, tokenizer
 
     def prompt_ids(self, source: str, budget: int | None = None) -> list[int]:

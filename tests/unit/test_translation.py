@@ -125,3 +125,30 @@ def test_changing_teacher_outputs_at_prompt_positions_leaves_every_term_unchange
     target_logits[0, 3, 0] += 5.0  # one entry: a constant shift would not change the softmax
     changed, _ = objective(views(target_logits, t_hidden), torch.tensor(1.0))
     assert not torch.equal(base, changed)
+
+
+# A ChatML-style template, as instruct models ship; the tiny tokenizer has none of its own.
+CHATML = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_chat_template_wraps_the_prompt_and_the_mask_still_covers_it():
+    chat_tokenizer = AutoTokenizer.from_pretrained(REPO_ROOT / "farlab" / "assets" / "tiny_bpe_enfr")
+    chat_tokenizer.chat_template = CHATML
+    data = build_task_data(_task(train_limit=3, use_chat_template=True), chat_tokenizer, seed=0)
+    for example in data.train:
+        ids, labels = example["input_ids"], example["labels"]
+        n_prompt = sum(1 for label in labels if label == -100)
+        prompt_text = chat_tokenizer.decode(ids[:n_prompt])
+        assert prompt_text.replace(" ", "").startswith("<|user|>Translate")
+        assert prompt_text.replace(" ", "").endswith("<|end|><|assistant|>")
+        assert labels[n_prompt:] == ids[n_prompt:] and ids[-1] == chat_tokenizer.eos_token_id
+    plain = build_task_data(_task(train_limit=3), TOKENIZER, seed=0)
+    assert all(len(c["input_ids"]) > len(p["input_ids"]) for c, p in zip(data.train, plain.train, strict=True))
+
+
+def test_chat_template_without_one_on_the_tokenizer_is_refused_early():
+    with pytest.raises(DataError, match="use_chat_template=true.*no chat template"):
+        build_task_data(_task(train_limit=3, use_chat_template=True), TOKENIZER, seed=0)
