@@ -17,7 +17,9 @@ import csv
 import json
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -31,6 +33,7 @@ from farlab.models.loading import load_tokenizer
 from farlab.teachers.strategies import TeacherContext, train_sft_teacher
 
 RESULTS = Path(__file__).resolve().parent / "results"
+Split = tuple[list[str], list[int]]  # sentences, labels
 
 
 class MeanPooled(nn.Module):
@@ -40,16 +43,19 @@ class MeanPooled(nn.Module):
         super().__init__()
         self.encoder = AutoModel.from_pretrained(path)
         width = self.encoder.config.hidden_size
-        self.dropout, self.classifier = nn.Dropout(self.encoder.config.hidden_dropout_prob), nn.Linear(width, num_labels)
+        self.dropout = nn.Dropout(self.encoder.config.hidden_dropout_prob)
+        self.classifier = nn.Linear(width, num_labels)
 
-    def forward(self, input_ids, attention_mask, token_type_ids=None):  # noqa: ANN001 - mirrors HF models
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.classifier(self.dropout(pooled))
 
 
-def read_cola(path: Path, limit: int | None) -> tuple[list[str], list[int]]:
+def read_cola(path: Path, limit: int | None) -> Split:
     """CoLA's headerless TSV: source, label, original label, sentence (independent of farlab's reader)."""
     with path.open(encoding="utf-8", newline="") as f:
         rows = [(r[3], int(r[1])) for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)]
@@ -57,20 +63,22 @@ def read_cola(path: Path, limit: int | None) -> tuple[list[str], list[int]]:
     return [r[0] for r in rows], [r[1] for r in rows]
 
 
-def batches(tokenizer, texts, labels, batch_size: int, order: list[int]):  # noqa: ANN001
+def batches(
+    tokenizer: Any, texts: list[str], labels: list[int], batch_size: int, order: list[int]
+) -> Iterator[tuple[Any, torch.Tensor]]:
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         enc = tokenizer([texts[i] for i in idx], truncation=True, max_length=64, padding=True, return_tensors="pt")
         yield enc, torch.tensor([labels[i] for i in idx])
 
 
-def logits_of(model, enc):  # noqa: ANN001
+def logits_of(model: nn.Module, enc: Any) -> torch.Tensor:
     out = model(**enc)
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
 @torch.no_grad()
-def dev_mcc(model, tokenizer, texts, labels) -> float:  # noqa: ANN001
+def dev_mcc(model: nn.Module, tokenizer: Any, texts: list[str], labels: list[int]) -> float:
     model.eval()
     preds: list[int] = []
     for enc, _ in batches(tokenizer, texts, labels, 128, list(range(len(texts)))):
@@ -78,7 +86,7 @@ def dev_mcc(model, tokenizer, texts, labels) -> float:  # noqa: ANN001
     return float(matthews_corrcoef(labels, preds))
 
 
-def plain_loop(args, path: str, tokenizer, train, dev) -> tuple[float, float]:  # noqa: ANN001
+def plain_loop(args: argparse.Namespace, path: str, tokenizer: Any, train: Split, dev: Split) -> tuple[float, float]:
     set_seed(args.seed)
     if args.head == "mean":
         model: nn.Module = MeanPooled(path, 2)
@@ -108,7 +116,7 @@ def plain_loop(args, path: str, tokenizer, train, dev) -> tuple[float, float]:  
     return elapsed, dev_mcc(model, tokenizer, *dev)
 
 
-def farlab_teacher(args, tokenizer, dev) -> tuple[float, float]:  # noqa: ANN001
+def farlab_teacher(args: argparse.Namespace, tokenizer: Any, dev: Split) -> tuple[float, float]:
     register_configs()
     overrides = [
         f"teacher_strategy.recipe.epochs={args.epochs}",
@@ -148,8 +156,17 @@ def main() -> None:
 
     plain_s, plain_mcc = plain_loop(args, path, tokenizer, train, dev)
     print(f"plain loop ({args.head} head): {plain_s:.1f} s, dev MCC {plain_mcc:.4f}", flush=True)
-    result = {"epochs": args.epochs, "lr": args.lr, "head": args.head, "threads": args.threads, "seed": args.seed,
-              "train_rows": len(train[0]), "plain_s": plain_s, "plain_mcc": plain_mcc, "torch": torch.__version__}
+    result = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "head": args.head,
+        "threads": args.threads,
+        "seed": args.seed,
+        "train_rows": len(train[0]),
+        "plain_s": plain_s,
+        "plain_mcc": plain_mcc,
+        "torch": torch.__version__,
+    }
     if not args.skip_farlab:
         farlab_s, farlab_mcc = farlab_teacher(args, tokenizer, dev)
         print(f"farlab SFT teacher (pooler head): {farlab_s:.1f} s, dev MCC {farlab_mcc:.4f}")
