@@ -128,6 +128,7 @@ class OpenAIBackendConfig:
     backoff_s: float = 0.5  # first retry delay; doubles each retry
     max_backoff_s: float = 8.0
     concurrency: int = 8  # requests in flight at once
+    prompts_per_request: int = 1  # >1 packs sequences into one request's prompt list (vLLM batches them)
 
 
 @dataclass

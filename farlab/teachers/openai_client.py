@@ -1,8 +1,10 @@
 """A client for OpenAI-compatible ``/v1/completions`` servers that return the teacher's *prompt* logprobs.
 
-One request per sequence, token ids as the prompt, ``echo`` + ``logprobs=k`` + ``prompt_logprobs=k`` (vLLM's
-extension; vLLM maps echo+logprobs onto it anyway), ``max_tokens=1`` (the servers refuse 0 or need a
-completion). Works with vLLM, sglang's OpenAI layer and ``python -m farlab.teachers.serve``.
+Token ids as the prompt, ``echo`` + ``logprobs=k`` + ``prompt_logprobs=k`` (vLLM's extension; vLLM maps
+echo+logprobs onto it anyway), ``max_tokens=1`` (the servers refuse 0 or need a completion). One sequence per
+request by default, ``concurrency`` requests in flight; ``prompts_per_request > 1`` sends a list of token-id
+prompts per request instead (one choice per prompt, matched by its ``index``), which saves round trips to a
+remote server. Works with vLLM, sglang's OpenAI layer and ``python -m farlab.teachers.serve``.
 
 Known quirks, and what this client does about them:
 
@@ -179,6 +181,7 @@ class CompletionsClient:
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
         concurrency: int = 8,
+        prompts_per_request: int = 1,
         decode: Callable[[int], str] | None = None,
         token_to_id: Callable[[str], int | None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -189,6 +192,7 @@ class CompletionsClient:
                                  limits=httpx.Limits(max_connections=concurrency))
         self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="teacher-http")
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self.prompts_per_request = prompts_per_request
         self.decode, self.token_to_id, self.sleep = decode, token_to_id or (lambda _: None), sleep
         self._model = model
         self.retries = 0  # total retries so far (logged; tests read it)
@@ -243,9 +247,13 @@ class CompletionsClient:
     # ---- API --------------------------------------------------------------------------------------
 
     def prompt_topk_one(self, ids: list[int], k: int) -> PromptTopK:
+        return self.prompt_topk_request([ids], k)[0]
+
+    def prompt_topk_request(self, prompts: list[list[int]], k: int) -> list[PromptTopK]:
+        """One request for ``prompts`` (a bare id list when there is one, as every server accepts that)."""
         body = {
             "model": self.model,
-            "prompt": list(ids),
+            "prompt": list(prompts[0]) if len(prompts) == 1 else [list(ids) for ids in prompts],
             "max_tokens": 1,
             "temperature": 1.0,  # irrelevant to prompt logprobs (never tempered); see the module docstring
             "echo": True,
@@ -253,14 +261,22 @@ class CompletionsClient:
             "prompt_logprobs": k,
             "return_tokens_as_token_ids": True,
         }
-        choice = (self._request("POST", "/completions", body).get("choices") or [None])[0]
-        if not choice:
-            raise TeacherServerError("the teacher server answered without choices")
+        choices = self._request("POST", "/completions", body).get("choices") or []
+        if len(choices) != len(prompts):
+            raise TeacherServerError(
+                f"the teacher server answered {len(choices)} choices for {len(prompts)} prompts"
+                + ("; it may not accept a list of prompts: set teacher.openai.prompts_per_request=1"
+                   if len(prompts) > 1 else "")
+            )
+        by_index = sorted(choices, key=lambda c: c.get("index", 0))
+        return [self._parse_choice(choice, list(ids), k) for choice, ids in zip(by_index, prompts)]
+
+    def _parse_choice(self, choice: dict[str, Any], ids: list[int], k: int) -> PromptTopK:
         for name in FORMAT_PREFERENCE:
-            parsed = RESPONSE_FORMATS.get(name)(choice, list(ids), k, self.token_to_id)
+            parsed = RESPONSE_FORMATS.get(name)(choice, ids, k, self.token_to_id)
             if parsed is not None:
                 if self.decode is not None:
-                    verify_tokens(list(ids), parsed.tokens, self.decode)
+                    verify_tokens(ids, parsed.tokens, self.decode)
                 return parsed
         raise TeacherServerError(
             "the teacher server returned neither prompt_logprobs nor echoed logprobs; it must support echo with "
@@ -268,8 +284,10 @@ class CompletionsClient:
         )
 
     def prompt_topk(self, sequences: list[list[int]], k: int) -> list[PromptTopK]:
-        """One request per sequence, at most ``concurrency`` in flight; order preserved."""
-        return list(self.pool.map(lambda ids: self.prompt_topk_one(ids, k), sequences))
+        """``prompts_per_request`` sequences per request, at most ``concurrency`` in flight; order preserved."""
+        step = self.prompts_per_request
+        groups = [sequences[i : i + step] for i in range(0, len(sequences), step)]
+        return [r for group in self.pool.map(lambda g: self.prompt_topk_request(g, k), groups) for r in group]
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -111,6 +112,26 @@ def test_server_topk_equals_the_in_process_teacher_batch_by_batch(shared_server,
             loss = ResponseLoss("kl", temperature=2.0, topk_tail=tail)
             values = [loss(DistillBatch(ModelView(logits=s), ModelView(topk=t), token_mask, response)) for t in (a, b)]
             assert abs(float(values[0] - values[1])) < 1e-5, tail
+
+
+def test_prompt_lists_give_the_same_topk_in_fewer_requests(shared_server, teacher_folder, compose_cfg, tmp_path):
+    """prompts_per_request=3 packs 8 sequences into 3 requests; every row equals the one-per-request answer."""
+    answers, requests = {}, {}
+    for per_request in (1, 3):
+        cfg = compose_cfg(overrides(tmp_path, teacher_folder, **{
+            "teacher.backend": "openai", "teacher.openai.base_url": shared_server.base_url,
+            "teacher.openai.prompts_per_request": per_request}))
+        data = build_task_data(cfg.task, AutoTokenizer.from_pretrained(teacher_folder), cfg.seed)
+        client = make_client(cfg, data.tokenizer)
+        sent = []
+        plain_request = client._request
+        client._request = lambda method, path, body=None: (sent.append(path), plain_request(method, path, body))[1]
+        sequences = [row["input_ids"] for row in data.train.select(range(8))]
+        answers[per_request], requests[per_request] = client.prompt_topk(sequences, K), sent.count("/completions")
+        client.close()
+    assert requests == {1: 8, 3: 3}
+    for one, packed in zip(answers[1], answers[3], strict=True):
+        assert np.array_equal(one.ids, packed.ids) and np.array_equal(one.logprobs, packed.logprobs)
 
 
 def test_kd_through_the_server_equals_kd_with_the_in_process_teacher(shared_server, teacher_folder, compose_cfg,

@@ -28,6 +28,11 @@ from tests.conftest import tiny_overrides
         ({"loss.components.response.fn": "kll"}, ConfigError, r"kll.*did you mean 'kl'"),
         ({"train.bf16": True, "train.fp16": True}, ConfigError, "mutually exclusive"),
         (
+            {"teacher.backend": "openai", "teacher.openai.prompts_per_request": 0},
+            ConfigError,
+            r"teacher.openai.prompts_per_request=0 must be >= 1",
+        ),
+        (
             {"teacher_strategy": "cotrain_base", "loss.components.response.chunk_size": 64},
             ConfigError,
             "co-trained teacher .* cannot use",

@@ -85,3 +85,13 @@ def test_a_server_that_stays_down_gives_retries_then_a_clear_error():
         client.prompt_topk_one([1, 2, 3], 2)
     assert delays == [0.5, 1.0, 1.0] and client.retries == 3  # exponential, capped
     client.close()
+
+
+def test_a_server_that_answers_fewer_choices_than_prompts_is_refused(monkeypatch):
+    """A server that ignores a prompt list (answers one choice) must not shift targets onto the wrong sequences."""
+    client = CompletionsClient("http://127.0.0.1:9/v1", model="m", prompts_per_request=2)
+    choice = {"index": 0, "prompt_logprobs": [None, _entry([(5, -0.5)]), _entry([(9, -0.1)])]}
+    monkeypatch.setattr(client, "_request", lambda *a, **kw: {"choices": [choice]})
+    with pytest.raises(TeacherServerError, match="1 choices for 2 prompts.*prompts_per_request=1"):
+        client.prompt_topk([IDS, IDS], 1)
+    client.close()

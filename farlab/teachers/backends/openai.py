@@ -67,6 +67,7 @@ def make_client(cfg: Any, tokenizer: Any) -> CompletionsClient:
         backoff_s=o.backoff_s,
         max_backoff_s=o.max_backoff_s,
         concurrency=o.concurrency,
+        prompts_per_request=o.prompts_per_request,
         decode=lambda i: tokenizer.decode([i]),
         token_to_id=_token_to_id(tokenizer),
     )
@@ -104,6 +105,8 @@ def validate_openai(cfg: Any) -> list[str]:
         problems.append(f"teacher.openai.max_retries={o.max_retries} must be >= 0")
     if o.concurrency < 1:
         problems.append(f"teacher.openai.concurrency={o.concurrency} must be >= 1")
+    if o.prompts_per_request < 1:
+        problems.append(f"teacher.openai.prompts_per_request={o.prompts_per_request} must be >= 1")
     if o.backoff_s < 0 or o.max_backoff_s < o.backoff_s:
         problems.append(f"teacher.openai backoff: need 0 <= backoff_s ({o.backoff_s}) "
                         f"<= max_backoff_s ({o.max_backoff_s})")
