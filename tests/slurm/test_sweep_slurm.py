@@ -33,11 +33,14 @@ from tests.integration.test_sweep_local import (
 REPO = Path(__file__).resolve().parents[2]
 # combined_f is array task 0: it starts in the first wave, so its requeue wait (~15 s) overlaps the other tasks.
 TARGET = "combined_f"
+# The signal must land while the job still trains. scancel goes through slurmctld: a CI run saw its USR1 handled
+# 17 steps after the first checkpoint (step 4) of a 24-step job. 100 steps leave several seconds of margin.
+MAX_STEPS = 100
 
 
 @pytest.mark.slow
 def test_far_sweep_on_slurm_with_usr1_preemption(slurm_cluster, tmp_path: Path) -> None:
-    fixed = fixed_overrides(tmp_path / "store")
+    fixed = fixed_overrides(tmp_path / "store", max_steps=MAX_STEPS)
     launcher = [f"hydra.launcher.partition={slurm_cluster.partition}", "hydra.launcher.timeout_min=15"]
     proc = start_sweep(sweep_command("slurm", fixed, launcher), cwd=tmp_path)
 
@@ -79,7 +82,7 @@ srun {python} -m farlab.train {overrides} hydra.run.dir={out}/run-$SLURM_JOB_ID
 @pytest.mark.slow
 def test_plain_sbatch_job_requeues_itself_on_usr1(slurm_cluster, tmp_path: Path) -> None:
     """Without submitit: farlab requeues its own job with `scontrol requeue` and resumes after the restart."""
-    fixed = fixed_overrides(tmp_path / "store")
+    fixed = fixed_overrides(tmp_path / "store", max_steps=MAX_STEPS)
     ovr = [f"{k}={v}" for k, v in fixed.items()] + [f"loss={TARGET}", f"teacher_strategy={STRATEGY}"]
     script = tmp_path / "job.sh"
     script.write_text(
