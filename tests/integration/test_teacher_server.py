@@ -123,9 +123,14 @@ def test_prompt_lists_give_the_same_topk_in_fewer_requests(shared_server, teache
             "teacher.openai.prompts_per_request": per_request}))
         data = build_task_data(cfg.task, AutoTokenizer.from_pretrained(teacher_folder), cfg.seed)
         client = make_client(cfg, data.tokenizer)
-        sent = []
+        sent: list[str] = []
         plain_request = client._request
-        client._request = lambda method, path, body=None: (sent.append(path), plain_request(method, path, body))[1]
+
+        def counted(method: str, path: str, body: dict | None = None, plain=plain_request, sent=sent) -> dict:
+            sent.append(path)
+            return plain(method, path, body)
+
+        client._request = counted
         sequences = [row["input_ids"] for row in data.train.select(range(8))]
         answers[per_request], requests[per_request] = client.prompt_topk(sequences, K), sent.count("/completions")
         client.close()
