@@ -10,14 +10,13 @@ by side in one process on the same batches (target <= 1.10). Writes benchmarks/r
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from results_io import write_result  # benchmarks/ is on sys.path when run as a script
 from transformers import AutoModelForSequenceClassification, set_seed
 
 from farlab.config import REPO_ROOT, register_configs
@@ -25,8 +24,6 @@ from farlab.losses.objective import build_objective
 from farlab.losses.spec import LossConfig
 from farlab.models.loading import Head, build_model, load_tokenizer, model_shape
 from farlab.models.pair import DistillationModule
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def make_batch(tokenizer, batch: int, length: int) -> dict[str, torch.Tensor]:
@@ -127,10 +124,7 @@ def main() -> None:
     print(f"{'student SFT step':<28}{sft_med:>14.4f}{tokens / sft_med:>12.0f}")
     print(f"{'teacher no-grad forward':<28}{teacher_med:>14.4f}{tokens / teacher_med:>12.0f}")
     print(f"ratio KD / (SFT + teacher forward) = {ratio:.3f}  (target <= 1.10)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"kd_step_{args.model}_{args.device}_{args.dtype}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(f"kd_step_{args.model}_{args.device}_{args.dtype}", result)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 from hydra import compose, initialize_config_dir
+from results_io import write_result  # benchmarks/ is on sys.path when run as a script
 from sklearn.metrics import matthews_corrcoef
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, get_linear_schedule_with_warmup, set_seed
@@ -32,7 +32,6 @@ from farlab.data import build_task_data
 from farlab.models.loading import load_tokenizer
 from farlab.teachers.strategies import TeacherContext, train_sft_teacher
 
-RESULTS = Path(__file__).resolve().parent / "results"
 Split = tuple[list[str], list[int]]  # sentences, labels
 
 
@@ -172,10 +171,7 @@ def main() -> None:
         print(f"farlab SFT teacher (pooler head): {farlab_s:.1f} s, dev MCC {farlab_mcc:.4f}")
         print(f"time ratio farlab / plain loop = {farlab_s / plain_s:.3f}")
         result |= {"farlab_s": farlab_s, "farlab_mcc": farlab_mcc, "ratio_farlab_over_plain": farlab_s / plain_s}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"plain_loop_{args.head}.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_result(f"plain_loop_{args.head}", result)
 
 
 if __name__ == "__main__":
