@@ -73,6 +73,8 @@ def check_eval_settings(metrics: list[str], primary: str | None, eval_split: str
 
     if eval_split is not None and eval_split not in GENERATION_SPLITS:
         raise DataError(unknown_choice_message("task.eval_split", eval_split, GENERATION_SPLITS))
+    if not metrics:
+        raise DataError(f"task.metrics is empty; choose at least one of: {', '.join(METRICS.names())}")
     for metric in metrics:
         if metric not in METRICS:
             raise DataError(unknown_choice_message("metric", metric, METRICS.names()))

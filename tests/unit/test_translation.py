@@ -152,3 +152,8 @@ def test_chat_template_wraps_the_prompt_and_the_mask_still_covers_it():
 def test_chat_template_without_one_on_the_tokenizer_is_refused_early():
     with pytest.raises(DataError, match="use_chat_template=true.*no chat template"):
         build_task_data(_task(train_limit=3, use_chat_template=True), TOKENIZER, seed=0)
+
+
+def test_an_empty_metric_list_is_refused_by_name():
+    with pytest.raises(DataError, match="task.metrics is empty; choose at least one of: .*bleu"):
+        validate_task_config(_task(metrics=[]))
