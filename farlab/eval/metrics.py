@@ -49,3 +49,13 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 def compute_metrics(names: Sequence[str], predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
     return {name: METRICS.get(name)(predictions, references) for name in names}
+
+
+# Metric-name parts whose metric is better when smaller (the best value is the minimum); everything else is
+# maximised. A fact about metrics, so the trainer's peak tracking and the results collector share it.
+LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "wer", "cer", "ter", "runtime", "memory")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether the best value of this metric (e.g. ``eval_loss``, ``post_student_mcc``) is its minimum."""
+    return any(token in LOWER_IS_BETTER for token in metric.lower().split("_"))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from farlab.collect_tables import lower_is_better
+from farlab.eval.metrics import lower_is_better
 
 log = logging.getLogger(__name__)
 

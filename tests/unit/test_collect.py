@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from farlab import collect, collect_tables
-from farlab.collect_runs import far_flags, flags_from_name
+from farlab import collect
+from farlab.collect import tables as collect_tables
+from farlab.collect.runs import far_flags, flags_from_name
 
 REPO = Path(__file__).resolve().parents[2]
 LOSS_BASE = {"combined_ce": 0.10, "combined_f": 0.20, "combined_a": 0.15, "combined_r": 0.25,
@@ -288,7 +289,7 @@ def read_csv_text_relocated(sweep: Path, out: Path) -> str:
 
 
 def test_main_effects_and_interactions(collected: collect.Summary, sweep: Path) -> None:
-    from farlab.collect_plots import effects
+    from farlab.collect.plots import effects
 
     rows = [collect_tables.run_row(r) for r in collected.runs]
     eff = effects(rows, "post_student_mcc")

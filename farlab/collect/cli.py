@@ -17,9 +17,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from farlab.collect_plots import have_matplotlib, write_plots
-from farlab.collect_runs import CollectError, Run, Skipped, expand_inputs, find_job_dirs, load_all
-from farlab.collect_tables import (Table, build_tables, cell_text, md_table, results_csv, results_md, results_tex,
+from farlab.collect.plots import have_matplotlib, write_plots
+from farlab.collect.runs import CollectError, Run, Skipped, expand_inputs, find_job_dirs, load_all
+from farlab.collect.tables import (Table, build_tables, cell_text, md_table, results_csv, results_md, results_tex,
                                    skipped_csv)
 
 
@@ -130,6 +130,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

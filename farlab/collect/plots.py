@@ -11,8 +11,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from farlab.collect_runs import FACTORS
-from farlab.collect_tables import Table, fmt_num
+from farlab.collect.runs import FACTORS
+from farlab.collect.tables import Table, fmt_num
 
 PNG_META = {"Software": None}
 INTERACTIONS = (("F", "A"), ("F", "R"), ("A", "R"))

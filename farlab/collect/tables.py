@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from farlab.collect_runs import FACTORS, Run, Skipped
+from farlab.collect.runs import FACTORS, Run, Skipped
+from farlab.eval.metrics import lower_is_better
 
 LOSS_ORDER = ("combined_ce", "combined_f", "combined_a", "combined_r",
               "combined_fa", "combined_fr", "combined_ar", "combined_far")
@@ -23,8 +24,6 @@ ID_COLUMNS = ("run_dir", "task", "model", "loss", "F", "A", "R", "teacher_strate
 TAIL_COLUMNS = ("overrides",)
 SKIPPED_COLUMNS = ("run_dir", "status", "reason", "task", "loss", "teacher_strategy", "seed")
 GAP_METRICS = ("student_gain", "transfer_efficiency")
-# Metrics where smaller is better (the best cell is the minimum); everything else is maximised.
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "wer", "cer", "ter", "runtime", "memory")
 
 try:  # pandas is the field's grouping tool; the plain-python path gives the same numbers without it
     import pandas as _pd
@@ -60,11 +59,6 @@ def sort_runs(runs: list[Run]) -> list[Run]:
     strats = {n: i for i, n in enumerate(ordered({r.teacher_strategy for r in runs}, STRATEGY_ORDER))}
     return sorted(runs, key=lambda r: (r.task, r.model, losses[r.loss], strats[r.teacher_strategy],
                                        _seed_key(r.seed), r.run_dir))
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether the best cell of this metric is its minimum."""
-    return any(token in LOWER_IS_BETTER for token in metric.lower().split("_"))
 
 
 # ---------------------------------------------------------------------------------------------- tidy rows
