@@ -176,7 +176,8 @@ class DistillationObjective(nn.Module):
     ) -> tuple[Tensor, dict[str, float]]:
         """Returns ``(total, parts)``; ``parts`` holds detached floats: ``ce`` and, per component,
         ``<name>/raw``, ``<name>/weight`` (``w_i(step)``), ``<name>/weighted`` (its share of ``total``),
-        plus ``<name>/scale`` when ``balance`` is on. A component whose weight is 0 at this step is not
+        plus ``<name>/scale`` when ``balance`` is on and ``<name>/teacher_entropy`` for response components
+        (mean entropy of the softened teacher targets, nats). A component whose weight is 0 at this step is not
         computed (raw = 0); its parameters join the graph with a zero factor so DDP sees them used."""
         ce = torch.zeros(()) if ce is None else torch.as_tensor(ce)  # None: no labels (pure distillation)
         parts: dict[str, float] = {"ce": float(ce.detach())}
@@ -201,6 +202,9 @@ class DistillationObjective(nn.Module):
                 total = total + term
                 raw, contrib, scale = float(value.detach()), float(term.detach()), float(scale_t)
             parts[f"{name}/raw"], parts[f"{name}/weight"], parts[f"{name}/weighted"] = raw, w, contrib
+            entropy = getattr(comp, "teacher_entropy", None) if w != 0.0 else None  # response components
+            if entropy is not None:
+                parts[f"{name}/teacher_entropy"] = float(entropy)
             if self.balance:
                 parts[f"{name}/scale"] = scale
         return total, parts

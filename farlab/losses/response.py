@@ -12,6 +12,11 @@ Three ways to get there, one divergence implementation (:mod:`farlab.losses.dive
   ``renormalize`` (drop the mass outside the top-k) or ``bucket`` (keep it as one extra outcome), see
   :func:`farlab.losses.divergences.topk_logprobs`.
 
+Every forward also leaves :attr:`ResponseLoss.teacher_entropy`: the mean entropy (nats, detached) of the
+teacher's temperature-softened targets over the rows the loss averages (the top-k / bucket distribution
+for a sparse teacher), which the objective logs as ``<name>/teacher_entropy``: a low value during training
+is an overconfident teacher.
+
 The loss never detaches the teacher itself: gradients reach the teacher exactly when its tensors require
 grad (the caller detaches frozen teachers; co-training without detached targets is mutual learning), on
 the dense and the chunked path alike. Teacher sources are used in this order: ``logits``, then
@@ -31,6 +36,7 @@ from farlab.losses.divergences import (
     divergence,
     divergence_from_logprobs,
     masked_mean,
+    soften,
     topk_logprobs,
 )
 
@@ -61,6 +67,7 @@ class ResponseLoss(LossComponent):
             raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}")
         self.fn, self.temperature, self.beta, self.skew = fn, temperature, beta, skew
         self.chunk_size, self.topk_tail = chunk_size, topk_tail
+        self.teacher_entropy: Tensor | None = None  # detached, set by every forward
 
     @property
     def needs_final_hidden(self) -> bool:
@@ -74,13 +81,19 @@ class ResponseLoss(LossComponent):
 
     def values(self, student_logits: Tensor, teacher: TeacherTarget) -> Tensor:
         """Per-position loss for student logits ``[..., V]`` against dense logits or a TopK teacher."""
+        return self._values_and_entropy(student_logits, teacher)[0]
+
+    def _values_and_entropy(self, student_logits: Tensor, teacher: TeacherTarget) -> tuple[Tensor, Tensor]:
+        """Per-position loss and per-position entropy of the teacher's softened target (detached)."""
         kw = dict(temperature=self.temperature, beta=self.beta, skew=self.skew)
         if isinstance(teacher, TopK):
             ls, lt = topk_logprobs(
                 student_logits, teacher.ids, teacher.logprobs, temperature=self.temperature, tail=self.topk_tail
             )
-            return divergence_from_logprobs(self.fn, ls, lt, **kw)
-        return divergence(self.fn, student_logits, teacher, **kw)
+            return divergence_from_logprobs(self.fn, ls, lt, **kw), _entropy(lt)
+        with torch.no_grad():
+            target = soften(teacher.detach(), self.temperature)
+        return divergence(self.fn, student_logits, teacher, **kw), _entropy(target)
 
     # ------------------------------------------------------------------ entry point
 
@@ -92,8 +105,10 @@ class ResponseLoss(LossComponent):
             raise ValueError(
                 "ResponseLoss needs student logits, or final_hidden + lm_head together with chunk_size"
             )
-        values = self.values(s.logits, _dense_teacher(batch.teacher))
-        return masked_mean(values, batch.response_mask if s.logits.dim() > 2 else None)
+        values, entropy = self._values_and_entropy(s.logits, _dense_teacher(batch.teacher))
+        mask = batch.response_mask if s.logits.dim() > 2 else None
+        self.teacher_entropy = masked_mean(entropy, mask)
+        return masked_mean(values, mask)
 
     def _chunked(self, batch: DistillBatch) -> Tensor:
         s, t = batch.student, batch.teacher
@@ -115,15 +130,29 @@ class ResponseLoss(LossComponent):
         else:
             raise ValueError(_NO_TEACHER)
 
+        entropy_sum = flat.new_zeros((), dtype=torch.float32)
+
         def chunk_sum(outs: list[Tensor], idx: Tensor) -> Tensor:
+            nonlocal entropy_sum
             teacher = outs[1] if topk is None else TopK(topk[0].index_select(0, idx), topk[1].index_select(0, idx))
-            return self.values(outs[0], teacher).sum()
+            values, entropy = self._values_and_entropy(outs[0], teacher)
+            entropy_sum = entropy_sum + entropy.sum()
+            return values.sum()
 
         total = chunked_rows_sum(streams, rows, chunk_sum, self.chunk_size or 1)
+        self.teacher_entropy = entropy_sum / max(rows.numel(), 1)
         return total / max(rows.numel(), 1)
 
 
 _NO_TEACHER = "ResponseLoss needs teacher logits, final_hidden + lm_head, or topk; got none"
+
+
+@torch.no_grad()
+def _entropy(logprobs: Tensor) -> Tensor:
+    """Entropy (nats) of each distribution given as log-probs ``[..., K]``; zero-probability outcomes add 0."""
+    logprobs = logprobs.detach().float()
+    p = logprobs.exp()
+    return -torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum(dim=-1)
 
 
 def _dense_teacher(t: ModelView) -> TeacherTarget:

@@ -57,7 +57,8 @@ def test_combined_parts_keys_and_backward(combo):
     batch = fake_batch(STUDENT, TEACHER)
     ce = torch.tensor(2.0, requires_grad=True)
     total, parts = obj(batch, ce, step=0, max_steps=10)
-    assert set(parts) == {"ce"} | {f"{c}/{k}" for c in comps for k in ("raw", "weight", "weighted")}
+    logged = {"ce"} | {f"{c}/{k}" for c in comps for k in ("raw", "weight", "weighted")}
+    assert set(parts) == logged | ({"response/teacher_entropy"} if "response" in comps else set())
     assert all(isinstance(v, float) for v in parts.values())
     total.backward()
     assert torch.isfinite(total) and ce.grad.item() == 1.0
