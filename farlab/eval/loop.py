@@ -2,7 +2,8 @@
 
 A nested Trainer would bring its own logging, callbacks and state; evaluating teacher and student
 before and after training is a loop of forwards, so it stays that simple. One evaluator per task
-kind, chosen through :data:`EVALUATORS`.
+kind, chosen through :data:`EVALUATORS`. A classifier's evaluator returns class probabilities, so every
+classification evaluation reports calibration (:mod:`farlab.eval.calibration`) next to the task metrics.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from farlab.data.base import TaskData
+from farlab.eval.calibration import calibration_metrics
 from farlab.eval.metrics import compute_metrics
 from farlab.registry import Registry
 
-Predictor = Callable[[torch.nn.Module, TaskData, int, str, bool], tuple[list[Any], list[Any]]]
+Predictor = Callable[[torch.nn.Module, TaskData, int, str, bool], tuple[Any, list[Any]]]  # (predictions, references)
 EVALUATORS: Registry[Predictor] = Registry("task kind")
 
 
@@ -29,19 +31,19 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @EVALUATORS.register("classification")
 @torch.no_grad()
-def predict_labels(
+def predict_probabilities(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "eval", progress: bool = True
-) -> tuple[list[int], list[int]]:
-    """Argmax predictions and gold labels on the task's evaluation split."""
+) -> tuple[np.ndarray, list[int]]:
+    """Class probabilities ``[n, classes]`` (float64 softmax of the logits) and gold labels on the eval split."""
     device = _device(model)
     loader = DataLoader(data.eval, batch_size=batch_size, shuffle=False, collate_fn=data.collator)
-    preds, labels = [], []
+    probs, labels = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         batch = {k: v.to(device) for k, v in batch.items()}
         gold = batch.pop("labels")
-        preds.append(model(**batch).logits.argmax(dim=-1).cpu().numpy())
+        probs.append(torch.softmax(model(**batch).logits.double(), dim=-1).cpu().numpy())
         labels.append(gold.cpu().numpy())
-    return np.concatenate(preds).tolist(), np.concatenate(labels).tolist()
+    return np.concatenate(probs), np.concatenate(labels).tolist()
 
 
 @EVALUATORS.register("causal_lm")
@@ -109,10 +111,15 @@ def generate_from_images(
 def evaluate_model(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "eval", progress: bool = True
 ) -> dict[str, Any]:
+    """The task metrics on ``data.eval``; for classification also the calibration entries."""
     was_training = model.training
     model.eval()
     try:
         predictions, references = EVALUATORS.get(data.kind)(model, data, batch_size, desc, progress)
     finally:
         model.train(was_training)
-    return compute_metrics(data.metrics, predictions, references)
+    if data.kind != "classification":
+        return compute_metrics(data.metrics, predictions, references)
+    probs = np.asarray(predictions, dtype=np.float64)
+    task = compute_metrics(data.metrics, probs.argmax(axis=1).tolist(), references)
+    return {**task, **calibration_metrics(probs, references, data.label_names)}

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from farlab.eval.calibration import CALIBRATION_KEYS
 from farlab.eval.metrics import lower_is_better
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,13 @@ class PeakMetrics(TrainerCallback):
         self.last_step: int | None = None
 
     def record(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Fold one evaluation into the peaks (ties keep the earlier step)."""
+        """Fold one evaluation into the peaks (ties keep the earlier step).
+
+        Peaks are kept for the task metrics only: calibration entries (ECE, NLL, confidence, per-class dicts)
+        are diagnostics with no single better direction and are logged, not peaked."""
         for name, value in metrics.items():
+            if name in CALIBRATION_KEYS:
+                continue
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 continue
             old = self.best.get(name)

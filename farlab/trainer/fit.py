@@ -109,7 +109,10 @@ def configure_wandb(wandb_cfg: Any, run_dir: Path) -> tuple[str, ...]:
 
 
 def finish_wandb(metrics: dict[str, Any]) -> None:
-    """Put the run's pre/post metrics and transfer gap in the W&B summary and close the run.
+    """Put the run's pre/post metrics, extra eval splits and transfer gap in the W&B summary and close the run.
+
+    Nested entries (per-class dicts, ``extra_eval``) become ``/``-joined keys, e.g. ``post/student/ece``,
+    ``pre/student/per_class_recall/<label>``, ``extra_eval/<split>/post/student/accuracy``; None values are left out.
 
     The Trainer leaves its W&B run open after training; closing it flushes an offline run to disk
     and keeps the jobs of an in-process sweep from logging into one run.
@@ -118,13 +121,17 @@ def finish_wandb(metrics: dict[str, Any]) -> None:
 
     if wandb.run is None:
         return
-    summary = {}
-    for stage in ("pre", "post"):
-        for role, values in metrics[stage].items():
-            summary.update({f"{stage}/{role}/{name}": value for name, value in values.items()})
+    summary = _flat_summary({"pre": metrics["pre"], "post": metrics["post"], "extra_eval": metrics.get("extra_eval")})
     summary.update({f"transfer_gap/{k}": v for k, v in metrics["transfer_gap"].items() if v is not None})
     wandb.run.summary.update(summary)
     wandb.finish()
+
+
+def _flat_summary(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> ``{"a/b/c": leaf}``, None leaves dropped (e.g. the recall of a class absent from the split)."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _flat_summary(value, f"{prefix}{key}/").items()}
+    return {} if tree is None else {prefix.rstrip("/"): tree}
 
 
 def set_threads(num_threads: int | None) -> None:

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from farlab.data import build_task_data
+from farlab.eval.calibration import CALIBRATION_KEYS
 from farlab.eval.loop import evaluate_model
 from farlab.train import execute
 from tests.conftest import tiny_overrides
@@ -51,7 +52,7 @@ def _check_run_dir(run_dir: Path) -> tuple[dict, dict]:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert META_KEYS <= set(meta) and meta["status"] == "completed" and meta["end_time"]
     assert METRIC_KEYS <= set(metrics)
-    assert set(metrics["pre"]["student"]) == {"mcc", "accuracy"}
+    assert set(metrics["pre"]["student"]) == {"mcc", "accuracy"} | CALIBRATION_KEYS
     assert {"teacher_advantage", "student_gain", "transfer_efficiency"} <= set(metrics["transfer_gap"])
     return meta, metrics
 
