@@ -3,11 +3,17 @@
 File layouts are facts about GLUE, so they live here as :data:`GLUE_LAYOUTS`; what a user may
 change (data dir, lengths, limits, metrics) lives in ``conf/task/<name>.yaml`` checked against
 :class:`GlueTaskConfig`.
+
+Two options shape the splits beyond the files: ``task.class_ratio`` subsamples the *training* rows per class
+to a seeded imbalanced set (:func:`class_ratio_subset`), and ``task.extra_eval_files`` evaluates more files of
+the data dir next to the primary eval split (``TaskData.info["extra_eval"]``, see :mod:`farlab.eval.extra`).
 """
 
 from __future__ import annotations
 
 import csv
+import logging
+import math
 import random
 import sys
 from dataclasses import dataclass, field
@@ -22,6 +28,8 @@ from farlab.data.base import DataError, TaskData, check_eval_settings, typed_con
 from farlab.registry import unknown_choice_message
 
 csv.field_size_limit(sys.maxsize)
+log = logging.getLogger(__name__)
+RATIO_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -65,10 +73,14 @@ class GlueTaskConfig:
     hub_name: Optional[str] = None  # e.g. "nyu-mll/glue"; used only when data_dir is null (online machines)
     max_length: int = 128
     train_limit: Optional[int] = None  # keep a seeded random subset of this many training rows
+    # Seeded imbalanced training set: one fraction per label in the layout's label order, e.g. [0.9, 0.1] keeps
+    # 90% label 0; as many rows as the ratio allows, at most train_limit. Eval splits are untouched.
+    class_ratio: Optional[list[float]] = None
     eval_limit: Optional[int] = None
     validation_fraction: float = 0.1  # held out of train when the data dir has no dev split
     metrics: list[str] = field(default_factory=list)  # empty = the task's standard metrics
     primary_metric: Optional[str] = None
+    # More eval files in data_dir, each evaluated like the primary split (metrics.json "extra_eval", by stem)
     extra_eval_files: list[str] = field(default_factory=list)  # e.g. [dev_mismatched.tsv] for MNLI
 
 
@@ -85,9 +97,14 @@ class GlueHandler:
             raise DataError(f"task.validation_fraction={cfg.validation_fraction} must be in (0, 1)")
         if cfg.max_length < 8:
             raise DataError(f"task.max_length={cfg.max_length} is too small (>= 8)")
+        if cfg.class_ratio is not None:
+            check_class_ratio(cfg.class_ratio, layout.labels)
         if cfg.data_dir is None:
             if cfg.hub_name is None:
                 raise DataError(f"task {cfg.name!r}: set task.data_dir (a local GLUE folder) or task.hub_name")
+            if cfg.extra_eval_files:
+                raise DataError(f"task.extra_eval_files={list(cfg.extra_eval_files)} needs task.data_dir (local "
+                                f"files); task {cfg.name!r} reads the hub ({cfg.hub_name})")
             return
         data_dir = Path(cfg.data_dir)
         train = data_dir / layout.train_file
@@ -96,15 +113,27 @@ class GlueHandler:
                 f"task {cfg.name!r}: training file {train} not found; task.data_dir={cfg.data_dir} must hold "
                 f"{layout.train_file} in GLUE's layout (eval split: {' or '.join(layout.eval_files)}, optional)"
             )
+        _check_extra_files(cfg, layout, data_dir)
 
     def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData:
         cfg = typed_task_config(task_cfg)
         layout = self._layout(cfg)
         train_rows, eval_rows, eval_name = self._load_rows(cfg, layout, seed)
-        train_rows = _seeded_subset(train_rows, cfg.train_limit, seed)
+        if cfg.class_ratio is None:
+            train_rows = _seeded_subset(train_rows, cfg.train_limit, seed)
+        else:
+            train_rows = class_ratio_subset(train_rows, cfg.class_ratio, seed, cfg.train_limit, layout.labels)
         eval_rows = _seeded_subset(eval_rows, cfg.eval_limit, seed)
         if not train_rows or not eval_rows:
             raise DataError(f"task {cfg.name!r}: empty split (train {len(train_rows)}, eval {len(eval_rows)} rows)")
+        extra = {
+            Path(name).stem: _tokenize(
+                _seeded_subset(read_glue_tsv(Path(cfg.data_dir) / name, layout), cfg.eval_limit, seed),
+                tokenizer,
+                cfg.max_length,
+            )
+            for name in cfg.extra_eval_files
+        }
         return TaskData(
             name=cfg.name,
             kind="classification",
@@ -119,7 +148,12 @@ class GlueHandler:
             primary_metric=cfg.primary_metric or layout.primary_metric,
             eval_split_name=eval_name,
             tokenizer=tokenizer,
-            info={"train_rows": len(train_rows), "eval_rows": len(eval_rows)},
+            info={
+                "train_rows": len(train_rows),
+                "eval_rows": len(eval_rows),
+                "train_class_counts": _class_counts(train_rows, layout.labels),
+                "extra_eval": extra,
+            },
         )
 
     @staticmethod
@@ -176,6 +210,94 @@ def _column_index(column: str | int, header: list[str] | None, path: Path) -> in
     if header is None or column not in header:
         raise DataError(f"{path}: header has no column {column!r} (header: {header})")
     return header.index(column)
+
+
+def check_class_ratio(ratio: list[float], labels: tuple[str, ...] | list[str]) -> None:
+    """One fraction per label, each > 0, summing to 1 (within :data:`RATIO_TOLERANCE`)."""
+    ratio = list(ratio)
+    problem = None
+    if len(ratio) != len(labels):
+        problem = f"has {len(ratio)} entries, the task has {len(labels)} labels"
+    elif any(not r > 0 for r in ratio):
+        problem = "needs every fraction > 0"
+    elif abs(sum(ratio) - 1.0) > RATIO_TOLERANCE:
+        problem = f"sums to {sum(ratio):.6g}, not 1"
+    if problem:
+        raise DataError(f"task.class_ratio={ratio} {problem}: give one fraction per label in the order "
+                        f"{list(labels)}, each > 0, summing to 1 (e.g. {[round(1 / len(labels), 4)] * len(labels)})")
+
+
+def class_ratio_subset(
+    rows: list[Row], ratio: list[float], seed: int, limit: int | None = None, labels: tuple[str, ...] = ()
+) -> list[Row]:
+    """The largest seeded subset of ``rows`` whose class fractions are ``ratio`` (label-id order), at most
+    ``limit`` rows.
+
+    Size: ``N = min_k floor(n_k / r_k)`` (the class that runs out first decides), capped at ``limit``; class k keeps
+    ``r_k * N`` rows rounded by largest remainder so the counts sum to N. Which rows: a per-class shuffle with
+    ``random.Random(seed)``, so a smaller ``limit`` keeps a subset of a larger one's rows. Kept rows stay in file
+    order.
+    """
+    labels = tuple(labels) or tuple(str(k) for k in range(len(ratio)))
+    check_class_ratio(ratio, labels)
+    by_class: list[list[int]] = [[] for _ in ratio]
+    for i, (_, label) in enumerate(rows):
+        by_class[label].append(i)
+    available = [len(ix) for ix in by_class]
+    if 0 in available:
+        empty = [labels[k] for k, n in enumerate(available) if n == 0]
+        raise DataError(f"task.class_ratio={list(ratio)}: no training rows of label(s) {empty} to sample from")
+    total = min(math.floor(n / r + 1e-9) for n, r in zip(available, ratio))
+    if limit is not None:
+        total = min(total, limit)
+    counts = _apportion(total, ratio)
+    rng = random.Random(seed)
+    keep: list[int] = []
+    for ix, count in zip(by_class, counts):
+        ix = ix[:]
+        rng.shuffle(ix)
+        keep += ix[:count]
+    log.info(
+        "task.class_ratio=%s: %d training rows of %d (%s)", list(ratio), total, len(rows),
+        ", ".join(f"{label}: {c} of {n}, {c / max(total, 1):.1%}" for label, c, n in zip(labels, counts, available)),
+    )
+    return [rows[i] for i in sorted(keep)]
+
+
+def _apportion(total: int, ratio: list[float]) -> list[int]:
+    """Integer counts summing to ``total`` closest to ``ratio * total`` (largest remainder; ties to lower ids).
+
+    No class exceeds its rows: ``total <= n_k / r_k`` gives ``r_k * total <= n_k``, and only a class whose quota is
+    fractional (so strictly below the integer ``n_k``) gets rounded up."""
+    quotas = [r * total for r in ratio]
+    counts = [math.floor(q + 1e-9) for q in quotas]
+    by_remainder = sorted(range(len(ratio)), key=lambda k: (-(quotas[k] - counts[k]), k))
+    for k in by_remainder[: total - sum(counts)]:
+        counts[k] += 1
+    return counts
+
+
+def _class_counts(rows: list[Row], labels: tuple[str, ...]) -> dict[str, int]:
+    counts = [0] * len(labels)
+    for _, label in rows:
+        counts[label] += 1
+    return dict(zip(labels, counts))
+
+
+def _check_extra_files(cfg: GlueTaskConfig, layout: GlueLayout, data_dir: Path) -> None:
+    """Extra eval files exist, differ from the primary eval file, and have distinct names (their metrics key)."""
+    primary = next((name for name in layout.eval_files if (data_dir / name).is_file()), None)
+    stems = [Path(name).stem for name in cfg.extra_eval_files]
+    for name in cfg.extra_eval_files:
+        if not (data_dir / name).is_file():
+            found = sorted(p.name for p in data_dir.glob("*.tsv"))
+            raise DataError(f"task.extra_eval_files: {name!r} not found in task.data_dir={data_dir} (there: {found}); "
+                            "task.extra_eval_files=[] evaluates the primary split only")
+        if name == primary:
+            raise DataError(f"task.extra_eval_files: {name!r} is already the primary eval split of task {cfg.name!r}")
+    if len(set(stems)) != len(stems):
+        raise DataError(f"task.extra_eval_files={list(cfg.extra_eval_files)}: names must differ without extension "
+                        "(the stem is their key in metrics.json)")
 
 
 def _seeded_subset(rows: list[Row], limit: int | None, seed: int) -> list[Row]:
