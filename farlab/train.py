@@ -19,6 +19,7 @@ from transformers import set_seed
 from farlab.config import REPO_ROOT, register_configs, validate_config
 from farlab.data import build_task_data
 from farlab.data.base import TaskData
+from farlab.eval.extra import evaluate_extra, extra_eval_report
 from farlab.eval.loop import evaluate_model
 from farlab.eval.transfer import transfer_gap
 from farlab.losses.gkd import build_on_policy
@@ -147,6 +148,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         pre["teacher"] = evaluate_model(teacher, data, eval_bs, "pre-eval teacher", progress)
     elif setup.prepared is not None and setup.prepared.metrics is not None:
         pre["teacher"] = setup.prepared.metrics  # the cache's record of this same evaluation
+    pre_extra = evaluate_extra(data, {"student": pair.student, "teacher": teacher}, eval_bs, "pre", progress)
 
     cotrain = cfg.teacher_strategy.cotrain
     settings = FitSettings.from_config(
@@ -174,6 +176,8 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     post = {"student": evaluate_model(student, data, eval_bs, "post-eval student", progress)}
     if teacher is not None and pair.teacher_trainable:
         post["teacher"] = evaluate_model(teacher, data, eval_bs, "post-eval teacher", progress)
+    post_teacher = teacher if "teacher" in post else None  # evaluated after training only when it trained
+    post_extra = evaluate_extra(data, {"student": student, "teacher": post_teacher}, eval_bs, "post", progress)
     peak.record(post["student"], result.global_step)
 
     primary = data.primary_metric
@@ -186,6 +190,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         "pre": pre,
         "post": post,
         "transfer_gap": transfer_gap(primary, teacher_score, pre["student"][primary], post["student"][primary]),
+        "extra_eval": extra_eval_report(pre_extra, post_extra),  # other eval files, e.g. MNLI dev_mismatched
         "train": {
             "runtime_s": round(trainer.train_seconds, 2),
             "global_step": result.global_step,
