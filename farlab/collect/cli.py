@@ -1,77 +1,35 @@
-"""Collect a sweep's run dirs into results.csv, Markdown/LaTeX tables and plots.
-
-    python -m farlab.collect DIR [DIR|GLOB ...] [--out OUT] [--metric NAME] [--no-plots]
+"""Collect a sweep's run dirs into results.csv, Markdown/LaTeX tables, the FAR statistics and plots.
 
 Reads only run dirs on disk (docs/run_dir.md), so a sweep that is still running, was interrupted or was
 resubmitted collects the same way; failed/running/corrupt runs are listed with their reason, never averaged.
-Outputs (in OUT, default the first DIR): results.csv, skipped.csv, results.md, results.tex, plots/*.png.
-Exit codes: 0 ok; 1 job dirs found but none completed (files still written); 2 bad input / no job dir found.
-See docs/collect.md.
+Outputs (in OUT, default the first DIR): results.csv, skipped.csv, results.md, results.tex, paired.csv, anova.csv,
+cross_task.csv (several tasks), plots/*.png. Exit codes: 0 ok; 1 job dirs found but none completed (files still
+written); 2 bad input / no job dir found. See docs/collect.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from farlab.collect.plots import have_matplotlib, write_plots
-from farlab.collect.runs import CollectError, Run, Skipped, expand_inputs, find_job_dirs, load_all
-from farlab.collect.tables import (Table, build_tables, cell_text, md_table, results_csv, results_md, results_tex,
-                                   skipped_csv)
+from farlab.collect.archive import LOG_TAIL_LINES, archive_sweep
+from farlab.collect.pipeline import Summary, collect, primary_tables
+from farlab.collect.runs import CollectError
+from farlab.collect.tables import Table, cell_text, md_table
 
+EXAMPLES = f"""\
+examples:
+  python -m farlab.collect multirun/2026-11-26/02-40-00
+  python -m farlab.collect 'multirun/2026-11-2*/*' --out results/far_cola      several sweeps (e.g. a resubmission)
+  python -m farlab.collect sweeps/cola sweeps/sst2 --out results/far_study     two tasks: adds the cross-task summary
+  python -m farlab.collect multirun/2026-11-26/02-40-00 --metric accuracy      only post_student_accuracy
+  python -m farlab.collect --archive multirun/2026-11-26/02-40-00 docs/results/sweeps/far_cola_seed1
+  python -m farlab.collect docs/results/sweeps/far_cola_seed1                   same tables as from the sweep
 
-@dataclass
-class Summary:
-    """What one collection produced (for callers and tests)."""
-
-    out_dir: Path
-    runs: list[Run]
-    skipped: list[Skipped]
-    tables: list[Table]
-    files: list[Path] = field(default_factory=list)
-
-
-def write_text(path: Path, text: str) -> Path:
-    """UTF-8, '\\n' line ends, so files are byte-identical across runs and platforms."""
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    return path
-
-
-def primary_tables(tables: list[Table]) -> list[Table]:
-    """The first (primary-metric) table of every (task, model)."""
-    seen: dict[tuple[str, str], Table] = {}
-    for t in tables:
-        seen.setdefault((t.task, t.model), t)
-    return list(seen.values())
-
-
-def collect(inputs: list[str], out: str | None = None, metric: str | None = None, plots: bool = True) -> Summary:
-    """Find, read, aggregate and write everything; raises CollectError for unusable input."""
-    roots = expand_inputs(inputs)
-    jobs = find_job_dirs(roots)
-    if not jobs:
-        raise CollectError("no job dir (a dir with run_metadata.json or .hydra/config.yaml) under: "
-                           + ", ".join(str(r) for r in roots))
-    out_dir = Path(out).resolve() if out else roots[0]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runs, skipped = load_all(jobs, out_dir)
-    csv_text, rows = results_csv(runs)
-    tables = build_tables(rows, metric)
-    sweeps = [Path(os.path.relpath(r, out_dir)).as_posix() for r in roots]
-    files = [write_text(out_dir / "results.csv", csv_text),
-             write_text(out_dir / "skipped.csv", skipped_csv(skipped)),
-             write_text(out_dir / "results.md", results_md(tables, runs, skipped, sweeps)),
-             write_text(out_dir / "results.tex", results_tex(tables))]
-    if plots and have_matplotlib():
-        files += write_plots(primary_tables(tables), rows, out_dir / "plots")
-    return Summary(out_dir, runs, skipped, tables, files)
-
-
-# ---------------------------------------------------------------------------------------------- terminal
+--archive SWEEP DEST copies config.yaml, metrics.json, run_metadata.json, .hydra/{{config,overrides}}.yaml, the last
+{LOG_TAIL_LINES} lines of output.log and multirun.yaml (never checkpoints or weights) into the new dir DEST,
+atomically. Exit codes: 0 ok; 1 job dirs found but none completed; 2 bad input or no job dir.
+"""
 
 
 def print_table(t: Table) -> None:
@@ -88,10 +46,10 @@ def print_table(t: Table) -> None:
         rt.add_column(strat, justify="right")
     for loss in t.losses:
         cells = []
-        for strat in t.strategies:
-            text = cell_text(t.cells.get((loss, strat)))
-            cells.append(f"[bold]{text}[/bold]" if (loss, strat) in t.best else text)
-        rt.add_row(loss, *cells)
+        for key, cell in t.row_cells(loss):
+            text = "(shared)" if key is None else cell_text(cell)
+            cells.append(f"[bold]{text}[/bold]" if key in t.best else text)
+        rt.add_row(t.label(loss), *cells)
     console = Console()
     if not console.is_terminal:  # piped/logged: do not squeeze the table into 80 columns
         console = Console(width=240)
@@ -99,27 +57,44 @@ def print_table(t: Table) -> None:
 
 
 def print_summary(s: Summary) -> None:
-    """Main tables, skipped runs with reasons, files written."""
+    """Main tables, the cells that differ from CE with confidence, skipped runs with reasons, files written."""
     for t in primary_tables(s.tables):
         print_table(t)
-    print(f"\n{len(s.runs)} runs used, {len(s.skipped)} skipped")
+    for g in s.groups:
+        flagged = [f"{p.loss}/{p.strategy} {p.verdict(g.metric)}" for p in g.paired if p.verdict(g.metric)]
+        print(f"{g.task}/{g.model}: vs CE ({g.metric}, 95% CI excludes 0): " + (", ".join(flagged) or "none"))
+    merged = sum(k.status == "merged" for k in s.skipped)
+    print(f"\n{len(s.runs)} runs used, {len(s.skipped)} skipped" + (f" ({merged} CE copies merged)" if merged else ""))
     for sk in sorted(s.skipped, key=lambda k: k.run_dir):
         print(f"  skipped {sk.run_dir}: [{sk.status}] {sk.reason}")
     print("wrote " + ", ".join(str(f.relative_to(s.out_dir)) for f in s.files) + f" in {s.out_dir}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m farlab.collect", description=__doc__.split("\n\n")[0])
-    p.add_argument("dirs", nargs="+", metavar="DIR|GLOB", help="sweep dirs (or glob patterns) to collect")
+    p = argparse.ArgumentParser(prog="python -m farlab.collect", description=__doc__.split("\n\n")[0],
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", nargs="*", metavar="DIR|GLOB", help="sweep dirs (or glob patterns) to collect")
     p.add_argument("--out", help="output dir (default: the first sweep dir)")
-    p.add_argument("--metric", help="only tabulate/plot this metric (e.g. mcc or post_student_mcc)")
+    p.add_argument("--metric", help="only tabulate/plot/test this metric (e.g. mcc or post_student_mcc)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
-    return p.parse_args(argv)
+    p.add_argument("--archive", nargs=2, metavar=("SWEEP", "DEST"),
+                   help="copy SWEEP's metrics/configs/log tails (no weights) into the new dir DEST, then exit")
+    args = p.parse_args(argv)
+    if args.archive and (args.dirs or args.out or args.metric):
+        p.error("--archive SWEEP DEST takes no other DIR, --out or --metric")
+    if not args.archive and not args.dirs:
+        p.error("give at least one DIR|GLOB to collect (or --archive SWEEP DEST)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.archive:
+            res = archive_sweep(*args.archive)
+            print(f"archived {res.jobs} job dirs ({res.files} files, {res.bytes} bytes) into {res.dest}; "
+                  f"regenerate the tables with: python -m farlab.collect {args.archive[1]}")
+            return 0
         summary = collect(args.dirs, args.out, args.metric, plots=not args.no_plots)
     except CollectError as e:
         print(f"farlab.collect: error: {e}", file=sys.stderr)
@@ -129,4 +104,3 @@ def main(argv: list[str] | None = None) -> int:
         print("farlab.collect: no completed run yet (see the skipped list)", file=sys.stderr)
         return 1
     return 0
-

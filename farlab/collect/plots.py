@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from farlab.collect.runs import FACTORS
+from farlab.collect.factors import FACTORS
 from farlab.collect.tables import Table, fmt_num
 
 PNG_META = {"Software": None}
@@ -50,19 +50,24 @@ def heatmap(t: Table, path: Path) -> None:
 
     with matplotlib.style.context("default"):
         data = np.full((len(t.losses), len(t.strategies)), np.nan)
+        keys: dict[tuple[int, int], tuple[str, str]] = {}
         for i, loss in enumerate(t.losses):
-            for j, strat in enumerate(t.strategies):
-                cell = t.cells.get((loss, strat))
-                data[i, j] = np.nan if cell is None else cell.mean
+            row = t.row_cells(loss)
+            for j, (key, cell) in enumerate(row):
+                if key is not None:
+                    keys[(i, j)] = key
+                shared = row[0][1] if t.baseline(loss) else None  # the CE baseline's colour spans its row
+                value = cell if cell is not None else shared
+                data[i, j] = np.nan if value is None else value.mean
         fig = _new_figure(1.6 * len(t.strategies) + 2.5, 0.45 * len(t.losses) + 1.8)
         ax = fig.add_subplot()
         image = ax.imshow(np.ma.masked_invalid(data), cmap="viridis", aspect="auto")
         fig.colorbar(image, ax=ax, label=t.metric)
         ax.set_xticks(range(len(t.strategies)), t.strategies, rotation=30, ha="right")
-        ax.set_yticks(range(len(t.losses)), t.losses)
+        ax.set_yticks(range(len(t.losses)), [t.label(loss) for loss in t.losses])
         for (i, j), value in np.ndenumerate(data):
-            if not np.isnan(value):
-                bold = "bold" if (t.losses[i], t.strategies[j]) in t.best else "normal"
+            if not np.isnan(value) and (i, j) in keys:
+                bold = "bold" if keys[(i, j)] in t.best else "normal"
                 color = "k" if image.norm(value) > 0.6 else "w"  # dark text on the bright end of viridis
                 ax.text(j, i, fmt_num(value), ha="center", va="center", color=color, fontsize=8, fontweight=bold)
         ax.set_title(f"{t.task} / {t.model}: {t.metric}")

@@ -18,14 +18,18 @@ from typing import Any
 
 import yaml
 
+from farlab.collect.factors import SHARED, STRATEGY_ORDER, far_flags, is_baseline
+
 METADATA = "run_metadata.json"
 METRICS = "metrics.json"
 HYDRA_CONFIG = os.path.join(".hydra", "config.yaml")
 HYDRA_OVERRIDES = os.path.join(".hydra", "overrides.yaml")
 # Folders that never hold job dirs: submitit's pickles/logs and the collector's own plots.
 PRUNE_DIRS = {".submitit", ".hydra", "plots", "__pycache__"}
-FACTORS = ("F", "A", "R")
-_KINDS = {"feature": "F", "attention": "A", "response": "R"}
+# Recipe fields shown in every table header (config.yaml paths).
+RECIPE_KEYS = (("epochs", ("train", "epochs")), ("max_steps", ("train", "max_steps")),
+               ("learning_rate", ("train", "learning_rate")), ("batch_size", ("train", "batch_size")),
+               ("train_limit", ("task", "train_limit")))
 
 
 @dataclass
@@ -43,6 +47,17 @@ class Run:
     overrides: list[str] = field(default_factory=list)
     end_time: str = ""
     status: str = "completed"
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def baseline(self) -> bool:
+        """The CE baseline: no F, A or R, so no teacher and no effect of the teacher strategy."""
+        return is_baseline(self.flags)
+
+    @property
+    def cell_strategy(self) -> str:
+        """The strategy column of this run's table cell: 'shared' for the CE baseline."""
+        return SHARED if self.baseline else self.teacher_strategy
 
 
 @dataclass
@@ -156,76 +171,15 @@ def seed_of(cfg: dict, meta: dict) -> Any:
     return "" if seed is None else seed
 
 
-def _enabled(value: Any) -> bool:
-    """Whether a loss component entry is switched on (None, weight 0 or enabled: false switch it off)."""
-    if value is None or value is False:
-        return False
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value != 0
-    if isinstance(value, dict):
-        if value.get("enabled") is False:
-            return False
-        weight = value.get("weight")
-        if isinstance(weight, (int, float)) and weight == 0:
-            return False
-    return True
-
-
-def _kind(label: Any) -> str | None:
-    """Factor letter for a component label such as 'response', 'feature_mse' or 'attention/kl'."""
-    text = str(label).lower()
-    for word, letter in _KINDS.items():
-        if text.startswith(word):
-            return letter
-    return None
-
-
-def flags_from_components(components: Any) -> dict[str, int]:
-    """F/A/R from loss.components: a mapping keyed by kind, or a list of names / {kind|type|name: ...} dicts."""
-    on: set[str] = set()
-    if isinstance(components, dict):
-        items = [(key, val) for key, val in components.items()]
-    elif isinstance(components, list):
-        items = []
-        for item in components:
-            label = item
-            if isinstance(item, dict):
-                label = item.get("kind") or item.get("type") or item.get("name") or ""
-            items.append((label, item))
-    else:
-        items = []
-    for label, val in items:
-        declared = (val.get("type") or val.get("kind")) if isinstance(val, dict) else None
-        letter = _kind(declared) if declared else _kind(label)  # an explicit type beats the entry's key
-        if letter and _enabled(val):
-            on.add(letter)
-    return {f: int(f in on) for f in FACTORS}
-
-
-def flags_from_name(loss: str) -> dict[str, int | None]:
-    """F/A/R from the loss name: combined_<letters>, combined_ce, response_*, feature_*, attention_*, staged_<far>."""
-    off = {f: 0 for f in FACTORS}
-    if loss in ("ce", "sft", "combined_ce"):
-        return off
-    for prefix in ("combined_", "staged_"):
-        if loss.startswith(prefix):
-            letters = loss[len(prefix):]
-            if letters and set(letters) <= set("far"):
-                return {f: int(f.lower() in letters) for f in FACTORS}
-    letter = _kind(loss)
-    if letter:
-        return {f: int(f == letter) for f in FACTORS}
-    return {f: None for f in FACTORS}
-
-
-def far_flags(loss: str, loss_cfg: Any) -> dict[str, int | None]:
-    """Prefer the config's loss.components (the truth of what ran); fall back to the naming convention.
-    alpha == 0 switches all distillation off whatever the components say."""
-    if isinstance(loss_cfg, dict) and _is_number(loss_cfg.get("alpha")) and loss_cfg["alpha"] == 0:
-        return {f: 0 for f in FACTORS}
-    if isinstance(loss_cfg, dict) and loss_cfg.get("components") is not None:
-        return flags_from_components(loss_cfg["components"])
-    return flags_from_name(loss)
+def recipe_of(cfg: dict) -> dict[str, Any]:
+    """The training recipe a table header states (epochs, max_steps, learning rate, batch size, train_limit)."""
+    out: dict[str, Any] = {}
+    for name, path in RECIPE_KEYS:
+        node: Any = cfg
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        out[name] = node
+    return out
 
 
 def _is_number(v: Any) -> bool:
@@ -245,6 +199,9 @@ def flatten_metrics(m: dict) -> dict[str, Any]:
                 for key, val in sorted(vals.items()):
                     if _is_number(val):
                         out[f"{phase}_{role}_{key}"] = float(val)
+                rates = vals.get("pred_class_rate")  # {label: share of predictions}: one class ~1.0 = collapsed
+                if isinstance(rates, dict) and any(_is_number(r) for r in rates.values()):
+                    out[f"{phase}_{role}_max_class_rate"] = max(float(r) for r in rates.values() if _is_number(r))
     gap = m.get("transfer_gap") or {}
     out["transfer_metric"] = gap.get("metric") or ""
     for key in ("teacher_advantage", "student_gain", "transfer_efficiency"):
@@ -255,7 +212,13 @@ def flatten_metrics(m: dict) -> dict[str, Any]:
     for key, val in sorted(train.items()):
         if key != "runtime_s" and _is_number(val):
             out[f"train_{key}"] = float(val)
-    out["peak_memory_mb"] = _num(m.get("peak_memory_mb"))
+    peak = m.get("peak_memory_mb")  # {"cpu_rss": MB, "cuda_allocated": MB on GPU} (farlab.trainer.resources)
+    if isinstance(peak, dict):
+        for key, val in sorted(peak.items()):
+            if _is_number(val):
+                out[f"peak_memory_mb_{key}"] = float(val)
+    elif _is_number(peak):  # a bare number: older metrics.json files
+        out["peak_memory_mb"] = float(peak)
     for name, best in sorted((m.get("best") or {}).items()):
         if isinstance(best, dict):
             out[f"best_{name}"] = _num(best.get("value"))
@@ -312,7 +275,7 @@ def load_job(job: Path, rel: str) -> Run | Skipped:
         ident["task"] = str(metrics["task"])
     return Run(run_dir=rel, model=group_name(cfg, meta, "model"), flags=far_flags(ident["loss"], cfg.get("loss")),
                metrics=flatten_metrics(metrics), overrides=load_overrides(job, meta),
-               end_time=str(meta.get("end_time") or ""), **ident)
+               end_time=str(meta.get("end_time") or ""), recipe=recipe_of(cfg), **ident)
 
 
 def experiment_key(run: Run) -> tuple:
@@ -336,8 +299,56 @@ def drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[Skipped]]:
     return kept, dups
 
 
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def baseline_key(run: Run) -> tuple:
+    """CE baseline runs that differ only in their teacher strategy (and its settings) are one experiment."""
+    rest = tuple(sorted(o for o in run.overrides if _override_key(o).split(".")[0] != "teacher_strategy"))
+    return (run.task, run.model, run.loss, str(run.seed), rest)
+
+
+def _strategy_rank(run: Run) -> tuple:
+    order = {s: i for i, s in enumerate(STRATEGY_ORDER)}
+    return (order.get(run.teacher_strategy, len(order)), run.teacher_strategy, run.run_dir)
+
+
+def merge_baselines(runs: list[Run]) -> tuple[list[Run], list[Skipped]]:
+    """Keep one CE baseline run per seed: alpha 0 loads no teacher, so a sweep's copies under every teacher
+    strategy are the same experiment (the first strategy in table order is kept). The other copies are listed
+    as skipped 'merged', with a note when their primary metric differs from the kept one."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.baseline:
+            groups.setdefault(baseline_key(run), []).append(run)
+    merged: list[Skipped] = []
+    drop: set[str] = set()
+    for copies in groups.values():
+        keep, *others = sorted(copies, key=_strategy_rank)
+        for other in others:
+            drop.add(other.run_dir)
+            merged.append(Skipped(other.run_dir, "merged", _merge_reason(keep, other), other.task, other.loss,
+                                  other.teacher_strategy, other.seed))
+    return [r for r in runs if r.run_dir not in drop], merged
+
+
+def _merge_reason(keep: Run, other: Run) -> str:
+    primary = keep.metrics.get("primary_metric") or ""
+    col = f"post_student_{primary}"
+    a, b = keep.metrics.get(col), other.metrics.get(col)
+    same = "same" if a == b else f"differs: {_fmt_g(b)} here vs {_fmt_g(a)}"
+    return (f"CE baseline copy of {keep.run_dir} (no teacher is loaded, so the teacher strategy has no effect; "
+            f"{col} {same})")
+
+
+def _fmt_g(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
 def load_all(jobs: list[Path], out_dir: Path) -> tuple[list[Run], list[Skipped]]:
-    """Load every job dir (paths shown relative to the output dir) and drop duplicate experiments."""
+    """Load every job dir (paths shown relative to the output dir), drop duplicate experiments and merge the
+    CE baseline's strategy copies."""
     runs: list[Run] = []
     skipped: list[Skipped] = []
     for job in jobs:
@@ -345,4 +356,5 @@ def load_all(jobs: list[Path], out_dir: Path) -> tuple[list[Run], list[Skipped]]
         rec = load_job(job, rel)
         (runs if isinstance(rec, Run) else skipped).append(rec)
     runs, dups = drop_duplicates(runs)
-    return runs, skipped + dups
+    runs, merged = merge_baselines(runs)
+    return runs, skipped + dups + merged

@@ -1,7 +1,8 @@
-"""Aggregate collected runs over seeds and render CSV, Markdown and LaTeX deterministically.
+"""Aggregate collected runs over seeds into loss x strategy tables; render CSV, Markdown and LaTeX deterministically.
 
 Byte-identical output on every call is a requirement (results live in git and papers): rows are sorted,
-floats use fixed formats and nothing time- or host-dependent is written.
+floats use fixed formats and nothing time- or host-dependent is written. The CE baseline is one row whose single
+cell spans every strategy column (its strategy is 'shared'; see farlab.collect.factors).
 """
 
 from __future__ import annotations
@@ -11,19 +12,22 @@ import io
 import math
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from farlab.collect.runs import FACTORS, Run, Skipped
+from farlab.collect.factors import BASELINE_LABEL, FACTORS, LOSS_ORDER, SHARED, STRATEGY_ORDER, far_code, is_baseline
+from farlab.collect.runs import RECIPE_KEYS, Run, Skipped
 from farlab.eval.metrics import lower_is_better
 
-LOSS_ORDER = ("combined_ce", "combined_f", "combined_a", "combined_r",
-              "combined_fa", "combined_fr", "combined_ar", "combined_far")
-STRATEGY_ORDER = ("frozen_sft", "frozen_base", "cotrain_sft", "cotrain_base")
-ID_COLUMNS = ("run_dir", "task", "model", "loss", "F", "A", "R", "teacher_strategy", "seed", "status")
-TAIL_COLUMNS = ("overrides",)
+ID_COLUMNS = ("run_dir", "task", "model", "loss", "F", "A", "R", "teacher_strategy", "cell_strategy", "seed",
+              "status", "degenerate")
+TAIL_COLUMNS = tuple(name for name, _ in RECIPE_KEYS) + ("overrides",)
 SKIPPED_COLUMNS = ("run_dir", "status", "reason", "task", "loss", "teacher_strategy", "seed")
 GAP_METRICS = ("student_gain", "transfer_efficiency")
+# Calibration entries of an evaluation (farlab.eval.calibration): shown in their own table, not one table each.
+CALIBRATION_METRICS = ("ece", "mean_confidence", "nll", "brier", "mean_entropy", "max_class_rate")
+# A run's student is degenerate (sits at the majority class) when one class takes this share of its predictions.
+COLLAPSE_RATE = 0.99
 
 try:  # pandas is the field's grouping tool; the plain-python path gives the same numbers without it
     import pandas as _pd
@@ -61,15 +65,27 @@ def sort_runs(runs: list[Run]) -> list[Run]:
                                        _seed_key(r.seed), r.run_dir))
 
 
+def degenerate(metrics: dict[str, Any]) -> bool:
+    """The student sits at the majority class: MCC exactly 0 (it predicts one class), or one class takes
+    >= COLLAPSE_RATE of its predictions (when the evaluation reports pred_class_rate)."""
+    primary = metrics.get("primary_metric")
+    if primary == "mcc" and metrics.get("post_student_mcc") == 0.0:
+        return True
+    rate = metrics.get("post_student_max_class_rate")
+    return _finite(rate) and rate >= COLLAPSE_RATE
+
+
 # ---------------------------------------------------------------------------------------------- tidy rows
 
 
 def run_row(run: Run) -> dict[str, Any]:
     """One flat dict per run: id columns, metrics, overrides."""
     row: dict[str, Any] = {"run_dir": run.run_dir, "task": run.task, "model": run.model, "loss": run.loss,
-                           "teacher_strategy": run.teacher_strategy, "seed": run.seed, "status": run.status}
+                           "teacher_strategy": run.teacher_strategy, "cell_strategy": run.cell_strategy,
+                           "seed": run.seed, "status": run.status, "degenerate": int(degenerate(run.metrics))}
     row.update(run.flags)
     row.update(run.metrics)
+    row.update(run.recipe)
     row["overrides"] = " ".join(run.overrides)
     return row
 
@@ -148,7 +164,11 @@ def aggregate(rows: list[dict[str, Any]], keys: tuple[str, ...], metric: str) ->
 
 @dataclass
 class Table:
-    """One loss x strategy table of one metric for one (task, model)."""
+    """One loss x strategy table of one metric for one (task, model).
+
+    cells are keyed by (loss, cell_strategy): the CE baseline's one cell is (loss, 'shared').
+    degenerate: (runs with a degenerate student, runs) per cell that has any.
+    """
 
     task: str
     model: str
@@ -158,6 +178,24 @@ class Table:
     cells: dict[tuple[str, str], Cell]
     flags: dict[str, dict[str, int | None]]
     best: set[tuple[str, str]]
+    degenerate: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+
+    def baseline(self, loss: str) -> bool:
+        return is_baseline(self.flags.get(loss, {}))
+
+    def label(self, loss: str) -> str:
+        """Row label: the CE baseline as 'CE (shared baseline)' (with its loss name when there are several)."""
+        if not self.baseline(loss):
+            return loss
+        several = sum(self.baseline(name) for name in self.losses) > 1
+        return f"{BASELINE_LABEL[:-1]}: {loss})" if several else BASELINE_LABEL
+
+    def row_cells(self, loss: str) -> list[tuple[tuple[str, str] | None, Cell | None]]:
+        """(key, cell) per strategy column; the baseline's cell sits in the first column, None in the rest."""
+        if self.baseline(loss):
+            key = (loss, SHARED)
+            return [(key, self.cells.get(key))] + [(None, None)] * (len(self.strategies) - 1)
+        return [((loss, s), self.cells.get((loss, s))) for s in self.strategies]
 
 
 def best_cells(cells: dict[tuple[str, str], Cell], metric: str) -> set[tuple[str, str]]:
@@ -172,13 +210,25 @@ def best_cells(cells: dict[tuple[str, str], Cell], metric: str) -> set[tuple[str
 def build_table(rows: list[dict[str, Any]], task: str, model: str, metric: str) -> Table | None:
     """The table for one (task, model, metric); None when no run has that metric."""
     sub = [r for r in rows if r["task"] == task and r["model"] == model]
-    agg = aggregate(sub, ("loss", "teacher_strategy"), metric)
+    agg = aggregate(sub, ("loss", "cell_strategy"), metric)
     if not agg:
         return None
     cells = {(k[0], k[1]): c for k, c in agg.items()}
     flags = {r["loss"]: {f: r.get(f) for f in FACTORS} for r in sub}
-    return Table(task, model, metric, ordered({k[0] for k in cells}, LOSS_ORDER),
-                 ordered({k[1] for k in cells}, STRATEGY_ORDER), cells, flags, best_cells(cells, metric))
+    strategies = ordered({k[1] for k in cells if k[1] != SHARED}, STRATEGY_ORDER) or [SHARED]
+    return Table(task, model, metric, ordered({k[0] for k in cells}, LOSS_ORDER), strategies, cells, flags,
+                 best_cells(cells, metric), degenerate_cells(sub, metric))
+
+
+def degenerate_cells(rows: list[dict[str, Any]], metric: str) -> dict[tuple[str, str], tuple[int, int]]:
+    """(degenerate runs, runs) per (loss, cell_strategy) cell with at least one degenerate run."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for r in rows:
+        if _finite(r.get(metric)):
+            c = counts.setdefault((r["loss"], r["cell_strategy"]), [0, 0])
+            c[0] += int(r.get("degenerate") or 0)
+            c[1] += 1
+    return {k: (d, n) for k, (d, n) in sorted(counts.items()) if d}
 
 
 def primary_metric(rows: list[dict[str, Any]]) -> str | None:
@@ -205,11 +255,13 @@ def resolve_metric(name: str, rows: list[dict[str, Any]]) -> str:
 
 
 def table_metrics(rows: list[dict[str, Any]], chosen: str | None) -> list[str]:
-    """Metrics to tabulate: the chosen one, else primary, other post_student_*, student_gain, transfer_efficiency."""
+    """Metrics to tabulate: the chosen one, else primary, the other post_student_* task metrics (calibration has
+    its own table), student_gain, transfer_efficiency."""
     if chosen:
         return [resolve_metric(chosen, rows)]
     primary = primary_metric(rows)
-    posts = sorted({k for r in rows for k in r if k.startswith("post_student_")} - {primary})
+    calibration = {f"post_student_{m}" for m in CALIBRATION_METRICS}
+    posts = sorted({k for r in rows for k in r if k.startswith("post_student_")} - {primary} - calibration)
     return ([primary] if primary else []) + posts + list(GAP_METRICS)
 
 
@@ -242,53 +294,23 @@ def cell_text(cell: Cell | None, pm: str = "±", n_fmt: str = "(n={n})") -> str:
     return f"{body} {n_fmt.format(n=cell.n)}"
 
 
-def far_code(flags: dict[str, int | None]) -> str:
-    """'F-R' style summary of the active factors; '?' when unknown."""
-    if any(flags.get(f) is None for f in FACTORS):
-        return "?"
-    return "".join(f if flags[f] else "-" for f in FACTORS)
+SHARED_TEXT = "(shared)"  # the CE baseline's row in the strategy columns after the first
 
 
 def md_table(t: Table) -> str:
-    """Markdown table; best cell in **bold**."""
+    """Markdown table; best cell in **bold**, a cell with a degenerate run marked †."""
     lines = ["| loss | FAR | " + " | ".join(t.strategies) + " |",
              "|---|---|" + "---|" * len(t.strategies)]
     for loss in t.losses:
         cells = []
-        for strat in t.strategies:
-            text = cell_text(t.cells.get((loss, strat)))
-            cells.append(f"**{text}**" if (loss, strat) in t.best else text)
-        lines.append(f"| {loss} | {far_code(t.flags.get(loss, {}))} | " + " | ".join(cells) + " |")
+        for key, cell in t.row_cells(loss):
+            if key is None:
+                cells.append(SHARED_TEXT)
+                continue
+            text = cell_text(cell) + (" †" if key in t.degenerate else "")
+            cells.append(f"**{text}**" if key in t.best else text)
+        lines.append(f"| {t.label(loss)} | {far_code(t.flags.get(loss, {}))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def skipped_md(skipped: list[Skipped]) -> str:
-    """Markdown list of skipped job dirs and reasons."""
-    if not skipped:
-        return "None.\n"
-    lines = ["| run_dir | status | reason |", "|---|---|---|"]
-    for s in sorted(skipped, key=lambda s: s.run_dir):
-        reason = s.reason.replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| `{s.run_dir}` | {s.status} | {reason} |")
-    return "\n".join(lines) + "\n"
-
-
-def results_md(tables: list[Table], runs: list[Run], skipped: list[Skipped], sweeps: list[str]) -> str:
-    """results.md: how to read it, one section per (task, model) with a table per metric, then skipped runs."""
-    out = ["# Results", "",
-           "Sweep dirs (relative to this file): " + ", ".join(f"`{s}`" for s in sweeps), "",
-           f"Runs: {len(runs)} completed and used, {len(skipped)} skipped (listed at the end).", "",
-           ("Cells: mean ± sample std over seeds (n = runs with a value; no std when n=1). "
-            "Best cell per table in **bold** (lowest for loss/error/perplexity-like metrics, else highest). "
-            "FAR: active distillation factors (Feature, Attention, Response)."), ""]
-    section = None
-    for t in tables:
-        if (t.task, t.model) != section:
-            section = (t.task, t.model)
-            out += [f"## {t.task} / {t.model}", ""]
-        out += [f"### {t.metric}", "", md_table(t), ""]
-    out += ["## Skipped runs", "", skipped_md(skipped)]
-    return "\n".join(out)
 
 
 _TEX = {"\\": r"\textbackslash{}", "_": r"\_", "%": r"\%", "&": r"\&", "#": r"\#", "$": r"\$",
@@ -309,11 +331,14 @@ def tex_table(t: Table) -> str:
              rf"\begin{{tabular}}{{ll{'c' * len(t.strategies)}}}", r"\toprule", head, r"\midrule"]
     for loss in t.losses:
         cells = []
-        for strat in t.strategies:
-            text = cell_text(t.cells.get((loss, strat)), pm=r"$\pm$", n_fmt="($n$={n})")
+        for key, cell in t.row_cells(loss):
+            if key is None:
+                cells.append(SHARED_TEXT)
+                continue
+            text = cell_text(cell, pm=r"$\pm$", n_fmt="($n$={n})")
             text = "--" if text == "-" else text
-            cells.append(rf"\textbf{{{text}}}" if (loss, strat) in t.best else text)
-        lines.append(" & ".join([tex_escape(loss), far_code(t.flags.get(loss, {}))] + cells) + r" \\")
+            cells.append(rf"\textbf{{{text}}}" if key in t.best else text)
+        lines.append(" & ".join([tex_escape(t.label(loss)), far_code(t.flags.get(loss, {}))] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
 
