@@ -122,6 +122,10 @@ def _describe(metric: str, primary: str) -> tuple[str, str]:
                 "a comparison of strategies, whose teachers differ (see the normalised score); " + noise)
     if metric == "student_gain":
         return f"post - pre student on the primary metric; {cell}", noise
+    if metric.startswith("extra_") and "_post_student_" in metric:
+        split, name = metric.removeprefix("extra_").split("_post_student_", 1)
+        return (f"post-training student `{name}` on the extra eval split `{split}` (task.extra_eval_files); {cell}",
+                noise)
     return f"post-training student `{metric}` on the eval split; {cell}", noise
 
 

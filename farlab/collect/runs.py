@@ -190,18 +190,29 @@ def _num(v: Any) -> float | None:
     return float(v) if _is_number(v) else None
 
 
-def flatten_metrics(m: dict) -> dict[str, Any]:
-    """metrics.json -> flat columns: pre_<role>_<metric>, post_<role>_<metric>, transfer gap, train_*, runtime_s."""
-    out: dict[str, Any] = {"primary_metric": m.get("primary_metric") or ""}
+def _evaluations(m: dict, prefix: str, out: dict[str, Any]) -> None:
+    """{pre|post: {role: {metric: value}}} -> <prefix><phase>_<role>_<metric> columns (numbers only), plus
+    <phase>_<role>_max_class_rate, the largest entry of pred_class_rate (one class ~1.0 = a collapsed model)."""
     for phase in ("pre", "post"):
         for role, vals in sorted((m.get(phase) or {}).items()):
             if isinstance(vals, dict):
                 for key, val in sorted(vals.items()):
                     if _is_number(val):
-                        out[f"{phase}_{role}_{key}"] = float(val)
-                rates = vals.get("pred_class_rate")  # {label: share of predictions}: one class ~1.0 = collapsed
+                        out[f"{prefix}{phase}_{role}_{key}"] = float(val)
+                rates = vals.get("pred_class_rate")
                 if isinstance(rates, dict) and any(_is_number(r) for r in rates.values()):
-                    out[f"{phase}_{role}_max_class_rate"] = max(float(r) for r in rates.values() if _is_number(r))
+                    out[f"{prefix}{phase}_{role}_max_class_rate"] = max(float(r) for r in rates.values()
+                                                                        if _is_number(r))
+
+
+def flatten_metrics(m: dict) -> dict[str, Any]:
+    """metrics.json -> flat columns: pre_<role>_<metric>, post_<role>_<metric>, extra_<split>_<phase>_<role>_<metric>
+    (task.extra_eval_files), transfer gap, train_*, runtime_s, peak_memory_mb_*, best_*."""
+    out: dict[str, Any] = {"primary_metric": m.get("primary_metric") or ""}
+    _evaluations(m, "", out)
+    for stem, evals in sorted((m.get("extra_eval") or {}).items()):
+        if isinstance(evals, dict):
+            _evaluations(evals, f"extra_{stem}_", out)
     gap = m.get("transfer_gap") or {}
     out["transfer_metric"] = gap.get("metric") or ""
     for key in ("teacher_advantage", "student_gain", "transfer_efficiency"):

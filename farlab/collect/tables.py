@@ -256,13 +256,15 @@ def resolve_metric(name: str, rows: list[dict[str, Any]]) -> str:
 
 def table_metrics(rows: list[dict[str, Any]], chosen: str | None) -> list[str]:
     """Metrics to tabulate: the chosen one, else primary, the other post_student_* task metrics (calibration has
-    its own table), student_gain, transfer_efficiency."""
+    its own table), the primary metric on each extra eval split, student_gain, transfer_efficiency."""
     if chosen:
         return [resolve_metric(chosen, rows)]
     primary = primary_metric(rows)
     calibration = {f"post_student_{m}" for m in CALIBRATION_METRICS}
     posts = sorted({k for r in rows for k in r if k.startswith("post_student_")} - {primary} - calibration)
-    return ([primary] if primary else []) + posts + list(GAP_METRICS)
+    extra = sorted({k for r in rows for k in r if k.startswith("extra_") and primary
+                    and k.endswith("_post_student_" + primary.removeprefix("post_student_"))})
+    return ([primary] if primary else []) + posts + extra + list(GAP_METRICS)
 
 
 def build_tables(rows: list[dict[str, Any]], chosen: str | None) -> list[Table]:

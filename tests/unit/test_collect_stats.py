@@ -236,3 +236,24 @@ def test_main_effects_of_the_plot(factorial: collect.Summary) -> None:
     off = statistics.fmean(value(*k) for k in kept if "f" not in letters(k[0]))
     on = statistics.fmean(value(*k) for k in kept if "f" in letters(k[0]))
     assert eff["main"]["F"] == [pytest.approx(off), pytest.approx(on)]
+
+
+def test_extra_eval_splits_are_collected(template: Path, tmp_path: Path) -> None:
+    """metrics.json's extra_eval (task.extra_eval_files, e.g. MNLI dev_mismatched): columns and a primary table."""
+    def edit(loss: str, strategy: str, seed: int, m: dict) -> None:
+        m["extra_eval"] = {"dev_mismatched": {"pre": {"student": {"mcc": 0.0}},
+                                              "post": {"student": {"mcc": value(loss, strategy, seed) / 2,
+                                                                   "pred_class_rate": {"a": 0.3, "b": 0.7}}}}}
+
+    root = synthetic_sweep(tmp_path / "sweep", template, value, losses=("combined_ce", "combined_f"),
+                           strategies=("frozen_sft",), seeds=(1, 2), edit=edit)
+    s = collect.collect([str(root)], plots=False)
+    f_runs = [r for r in s.runs if r.loss == "combined_f"]
+    assert {r.metrics["extra_dev_mismatched_post_student_mcc"] for r in f_runs} == {
+        value("combined_f", "frozen_sft", sd) / 2 for sd in (1, 2)}
+    assert f_runs[0].metrics["extra_dev_mismatched_post_student_max_class_rate"] == 0.7
+    md = (root / "results.md").read_text(encoding="utf-8")
+    block = md.split("### extra_dev_mismatched_post_student_mcc\n", 1)[1].split("\n### ", 1)[0]
+    assert "on the extra eval split `dev_mismatched`" in block
+    want = statistics.fmean(value("combined_f", "frozen_sft", sd) / 2 for sd in (1, 2))
+    assert f"| combined_f | F-- | **{want:.4f} ± " in block
