@@ -21,7 +21,16 @@ from farlab import collect
 from farlab.collect import tables as collect_tables
 from farlab.collect.factors import far_flags, flags_from_name
 from farlab.collect.runs import flatten_metrics
-from tests.unit.collect_sweep import LOSSES, SEEDS, STRATEGIES, copy_sweep, job_name, read_json, real_sweep
+from tests.unit.collect_sweep import (
+    LOSSES,
+    SEEDS,
+    STRATEGIES,
+    composed_loss,
+    copy_sweep,
+    job_name,
+    read_json,
+    real_sweep,
+)
 
 __all__ = ["real_sweep"]  # the session fixture, imported so pytest finds it here
 
@@ -345,8 +354,10 @@ def test_flags_of_the_real_runs(collected: collect.Summary) -> None:
 
 @pytest.mark.parametrize("path", sorted((REPO / "conf" / "loss").glob("*.yaml")), ids=lambda p: p.stem)
 def test_flags_of_the_shipped_loss_configs(path: Path) -> None:
-    """conf/loss/*.yaml: the components agree with the naming convention wherever the name implies flags."""
-    cfg = yaml.safe_load(path.read_text())
+    """conf/loss/*.yaml as Hydra composes it into a run's config.yaml: the components agree with the naming
+    convention wherever the name implies flags."""
+    cfg = composed_loss(path.stem)
+    assert cfg["name"] == path.stem
     by_name = flags_from_name(cfg["name"])
     if None not in by_name.values() and not cfg["name"].startswith("staged_"):
         assert far_flags(cfg["name"], cfg) == by_name
