@@ -161,6 +161,8 @@ class TrainConfig:
     num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
     progress_bar: bool = True
     eval_steps: Optional[int] = None  # evaluate the student every N steps for metrics.json 'best'; None = at the end
+    keep_checkpoints: str = "all"  # after the run completes: all | last | none (farlab.trainer.checkpoints)
+    keep_final: bool = True  # false: also delete final/ (the exported student) once metrics.json is written
 
 
 @dataclass
@@ -175,6 +177,7 @@ class WandbConfig:
 class FarlabConfig:
     seed: int = 42
     resume: bool = True
+    rerun: bool = False  # train again even when the run dir holds this run, completed (farlab.run_record)
     task: Any = None  # checked per task family by farlab.data (families differ in fields)
     model: ModelPairConfig = field(default_factory=ModelPairConfig)
     teacher_strategy: TeacherStrategyConfig = field(default_factory=TeacherStrategyConfig)

@@ -8,6 +8,8 @@ it runs never sees a half-written file. See docs/run_dir.md for the schema.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import platform
 import shlex
@@ -21,7 +23,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from farlab.config import REPO_ROOT
+from farlab.config import REPO_ROOT, ConfigError  # ConfigError: also farlab.errors (issue 10's new home)
+
+log = logging.getLogger(__name__)
 
 TRACKED_PACKAGES = (
     "farlab", "torch", "transformers", "tokenizers", "peft", "trl", "accelerate", "datasets",
@@ -49,7 +53,8 @@ def _git_state() -> tuple[str | None, bool | None]:
             ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=False,
         ).stdout.strip()
         return sha, bool(dirty)
     except (OSError, subprocess.CalledProcessError):
@@ -112,3 +117,93 @@ class RunRecord:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / "metrics.json", metrics)
+
+
+# ---- skipping a run that already completed ----------------------------------------------------------------------
+
+# Config keys that may differ between two launches of the same experiment: where things live, how much is printed
+# or kept on disk, how a restart behaves. Anything else differing means another experiment (a prefix covers its
+# subtree).
+IRRELEVANT_KEYS = (
+    "resume", "rerun", "output_dir", "paths", "wandb",
+    "train.progress_bar", "train.num_threads", "train.keep_checkpoints", "train.keep_final",
+    "teacher_strategy.store_dir", "teacher.cache.dir", "teacher.openai.api_key_env",
+)  # fmt: skip
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def _irrelevant(key: str) -> bool:
+    return any(key == k or key.startswith(f"{k}.") for k in IRRELEVANT_KEYS)
+
+
+def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """``key: stored -> new`` for every leaf that differs, irrelevant keys left out (sorted)."""
+    old, cur = _flatten(stored), _flatten(new)
+    missing = object()
+    diffs = []
+    for key in sorted(old.keys() | cur.keys()):
+        a, b = old.get(key, missing), cur.get(key, missing)
+        if a != b and not _irrelevant(key):
+            show = ["(absent)" if v is missing else repr(v) for v in (a, b)]
+            diffs.append(f"{key}: {show[0]} -> {show[1]}")
+    return diffs
+
+
+def _valid_metrics(path: Path) -> dict[str, Any] | None:
+    """metrics.json when it holds a finite post-training primary metric, else None."""
+    try:
+        metrics = json.loads(path.read_text())
+        value = metrics["post"]["student"][metrics["primary_metric"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return metrics
+
+
+def _reload(text: str) -> dict[str, Any]:
+    container = OmegaConf.to_container(OmegaConf.create(text), resolve=False)
+    return container if isinstance(container, dict) else {}
+
+
+def completed_run(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The stored metrics when ``run_dir`` already holds this experiment, completed; None when it must run.
+
+    A run counts as completed when ``run_metadata.json`` says ``completed`` and ``metrics.json`` holds the
+    primary metric. Raises :class:`ConfigError` when the completed run's ``config.yaml`` differs from ``cfg`` in
+    a key outside :data:`IRRELEVANT_KEYS`: skipping would report another experiment's numbers as this one's.
+    """
+    try:
+        status = json.loads((run_dir / "run_metadata.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+    if status != "completed":
+        return None
+    metrics = _valid_metrics(run_dir / "metrics.json")
+    if metrics is None:
+        log.warning("run dir %s says completed but has no valid metrics.json: running it again", run_dir)
+        return None
+    stored_path = run_dir / "config.yaml"
+    if not stored_path.is_file():
+        raise ConfigError(
+            f"run dir {run_dir} holds a completed run without config.yaml, so it cannot be checked against this "
+            "config; pass rerun=true to train again there, or use another run dir"
+        )
+    # Both sides through the same YAML dump/load that wrote config.yaml, so types compare like with like.
+    stored, new = (_reload(text) for text in (stored_path.read_text(), OmegaConf.to_yaml(cfg, resolve=True)))
+    diffs = config_differences(stored, new)
+    if diffs:
+        raise ConfigError(
+            f"run dir {run_dir} holds a completed run of a different config "
+            f"({len(diffs)} {'key differs' if len(diffs) == 1 else 'keys differ'}, stored -> now):\n  " + "\n  ".join(diffs) + "\nRe-launch with the stored values to skip it, "
+            "pass rerun=true to train again in that dir (overwriting its results), or use another run dir"
+        )
+    return metrics

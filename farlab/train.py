@@ -36,13 +36,18 @@ from farlab.models.loading import (
 from farlab.models.lora import apply_lora
 from farlab.models.pair import DistillationModule, frozen_guard
 from farlab.report import print_summary
-from farlab.run_record import RunRecord
+from farlab.run_record import RunRecord, completed_run
 from farlab.teachers.backends import TEACHER_BACKENDS
 from farlab.teachers.backends.accounting import TeacherComputeLog
 from farlab.teachers.strategies import TeacherContext, prepare_teacher
 from farlab.teachers.tokenizers import check_logit_widths, check_tokenizers, logit_width, vocab_aligner
 from farlab.trainer.callbacks import PeakMetrics
-from farlab.trainer.checkpoints import latest_complete_checkpoint, resume_checkpoint
+from farlab.trainer.checkpoints import (
+    check_retention,
+    latest_complete_checkpoint,
+    prune_completed_run,
+    resume_checkpoint,
+)
 from farlab.trainer.fit import FitSettings, configure_wandb, finish_wandb, make_trainer, set_threads
 from farlab.trainer.resources import peak_memory_mb
 from farlab.trainer.signals import GracefulStop, Preempted, requeue_or_exit
@@ -213,7 +218,14 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, A
     """Run one experiment with its run-dir bookkeeping (status, metadata, metrics, summary).
 
     SIGUSR1/SIGUSR2 stop it gracefully for the whole run: status ``preempted`` and :class:`Preempted` raised.
+    A run dir already holding this run, completed, is not run again (``rerun=true`` or ``resume=false`` force it).
     """
+    check_retention(cfg.train.keep_checkpoints, cfg.train.keep_final)
+    done = completed_run(run_dir, cfg) if cfg.resume and not cfg.rerun else None
+    if done is not None:
+        log.info("run already completed (%s): skipping; metrics from metrics.json", run_dir)
+        prune_completed_run(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_final)  # as asked this time
+        return done
     record = RunRecord(run_dir, cfg, overrides)
     stop = GracefulStop()
     with stop.installed():
@@ -229,6 +241,7 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, A
         with stop.hold():
             record.write_metrics(metrics)
             record.finish("completed")
+            prune_completed_run(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_final)
     print_summary(metrics, run_dir)
     return metrics
 

@@ -104,3 +104,56 @@ def resume_checkpoint(run_dir: str | os.PathLike, resume: bool) -> Path | None:
         log.warning("resume=false: removed %s from %s; training starts from scratch",
                     ", ".join(p.name for p in removed), run_dir)
     return None
+
+
+# ---- retention after the run completes --------------------------------------------------------------------------
+
+KEEP_CHECKPOINTS = ("all", "last", "none")
+
+
+def check_retention(keep_checkpoints: str, keep_final: bool) -> None:
+    """Refuse a bad ``train.keep_checkpoints``/``train.keep_final`` before the run starts (not after hours of it)."""
+    from farlab.config import ConfigError  # also farlab.errors (issue 10's new home)
+    from farlab.registry import unknown_choice_message
+
+    if keep_checkpoints not in KEEP_CHECKPOINTS:
+        raise ConfigError(unknown_choice_message("train.keep_checkpoints", keep_checkpoints, KEEP_CHECKPOINTS))
+    if not isinstance(keep_final, bool):
+        raise ConfigError(f"train.keep_final={keep_final!r} must be true or false")
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that no crash mid-delete leaves a folder that still looks complete: marker first."""
+    (path / COMPLETE_MARKER).unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def prune_completed_run(run_dir: str | os.PathLike, keep_checkpoints: str, keep_final: bool = True) -> list[Path]:
+    """Drop what a *completed* run no longer needs; returns the removed folders.
+
+    Checkpoints exist to resume a live run; once ``metrics.json`` and ``final/`` are written they only cost disk.
+    ``all`` keeps them (nothing removed), ``last`` keeps the newest complete ``checkpoint-N``, ``none`` removes
+    every one; incomplete leftovers and the staging dir go in both cases. ``keep_final=False`` also removes
+    ``final/`` (the exported student), leaving only the metrics and bookkeeping files.
+    Never call it on a preempted or failed run: its checkpoints are what it resumes from.
+    """
+    check_retention(keep_checkpoints, keep_final)
+    root = Path(run_dir)
+    removed: list[Path] = []
+    if keep_checkpoints != "all":
+        keep = latest_complete_checkpoint(root) if keep_checkpoints == "last" else None
+        doomed = sorted((p for p in root.iterdir() if _CHECKPOINT.match(p.name) and p != keep),
+                        key=lambda p: int(p.name[11:]))
+        for path in doomed:
+            _remove(path)
+        removed += doomed
+        if (root / STAGING_DIR).exists():
+            shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
+            removed.append(root / STAGING_DIR)
+    if not keep_final and (root / "final").exists():
+        shutil.rmtree(root / "final", ignore_errors=True)
+        removed.append(root / "final")
+    if removed:
+        log.info("keep_checkpoints=%s keep_final=%s: removed %s from %s", keep_checkpoints, keep_final,
+                 ", ".join(p.name for p in removed), root)
+    return removed
