@@ -194,6 +194,9 @@ class FarlabConfig:
 def register_configs() -> None:
     """Make the schema and the resolvers known to Hydra (idempotent)."""
     ConfigStore.instance().store(name="farlab_schema", node=FarlabConfig)
+    from hydra_plugins.farlab_sweeper import register  # hydra/sweeper=farlab, in editable installs too
+
+    register()
     if not OmegaConf.has_resolver("farlab_root"):
         OmegaConf.register_new_resolver("farlab_root", lambda: str(REPO_ROOT))
     if not OmegaConf.has_resolver("pkg_path"):

@@ -181,3 +181,42 @@ def test_far_sweep_through_submitit_local_with_a_preempted_job(tmp_path: Path) -
     sweep = check_sweep(tmp_path, target, reference)
     submitit_logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
     assert "Requeued job" in submitit_logs  # submitit's own requeue path ran (local: restart with exit 144)
+
+
+@pytest.mark.slow
+def test_ce_runs_once_and_a_relaunch_skips_completed_jobs(tmp_path: Path) -> None:
+    """far_factorial's grid sliced to 2 losses x 2 strategies through the local launcher: 3 jobs (CE once, named
+    after the first strategy), run dirs keep no checkpoints; the same sweep again (same sweep dir) skips all 3."""
+    fixed = {**fixed_overrides(tmp_path / "store", max_steps=4), "train.eval_steps": "null"}
+    sweep = tmp_path / "sweep"
+    grid = ["loss=combined_ce,combined_r", "teacher_strategy=frozen_base,cotrain_base", f"hydra.sweep.dir={sweep}"]
+    cmd = [c for c in sweep_command("local", fixed, grid) if c != f"teacher_strategy={STRATEGY}"]
+
+    out = finish_sweep(start_sweep(cmd, cwd=tmp_path))
+    assert "1 of 4 jobs dropped as duplicates" in out, out[-3000:]
+    assert "dropped loss=combined_ce teacher_strategy=cotrain_base (same experiment as " \
+           "loss=combined_ce teacher_strategy=frozen_base)" in out
+    names = {
+        "loss=combined_ce,seed=42,teacher_strategy=frozen_base",
+        "loss=combined_r,seed=42,teacher_strategy=frozen_base",
+        "loss=combined_r,seed=42,teacher_strategy=cotrain_base",
+    }
+    jobs = {p.name: p for p in sweep.iterdir() if (p / "run_metadata.json").is_file()}
+    assert set(jobs) == names
+    for job in jobs.values():
+        assert read_json(job / "run_metadata.json")["status"] == "completed"
+        assert not list(job.glob("checkpoint-*")) and (job / "final" / "model.safetensors").is_file()
+    first = {name: (job / "metrics.json").read_bytes() for name, job in jobs.items()}
+    logs = {name: (job / "output.log").read_text() for name, job in jobs.items()}
+
+    # The same sweep again, in the same sweep dir. Through the basic launcher (one process instead of three): the
+    # skip happens in each job's execute(), whichever launcher started it.
+    again = [c if c != "hydra/launcher=local" else "hydra/launcher=basic" for c in cmd]
+    out = finish_sweep(start_sweep(again, cwd=tmp_path))
+    assert "1 of 4 jobs dropped as duplicates" in out
+    for name, job in jobs.items():
+        new_lines = (job / "output.log").read_text()[len(logs[name]):]
+        assert f"run already completed ({job}): skipping; metrics from metrics.json" in new_lines, new_lines
+        assert "task cola:" not in new_lines and "resuming from" not in new_lines  # nothing loaded or trained
+        assert (job / "metrics.json").read_bytes() == first[name]
+        assert read_json(job / "run_metadata.json")["attempts"] == 1

@@ -1,0 +1,139 @@
+"""farlab's sweeper (hydra/sweeper=farlab): what a far_factorial multirun really launches.
+
+The sweeps run through Hydra's own multirun machinery (config composition, the sweeper, the basic launcher,
+job dirs); only the task function is a stub that records each job's composed config instead of training.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+
+import pytest
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from farlab.config import REPO_ROOT, register_configs
+from hydra_plugins.farlab_sweeper.farlab_sweeper import canonical_form, needs_teacher
+
+CELLS = ("combined_f", "combined_a", "combined_r", "combined_fr", "combined_fa", "combined_ar", "combined_far")
+STRATEGIES = ("frozen_sft", "frozen_base", "cotrain_sft", "cotrain_base")
+QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none"]  # leave the test process's logging alone
+
+
+def multirun(sweep_dir: Path, overrides: list[str]) -> list[DictConfig]:
+    """``python -m farlab.train -m <overrides>`` in-process, recording each launched job's config."""
+    register_configs()
+    launched: list[DictConfig] = []
+
+    def task(cfg: DictConfig) -> float:
+        job = cfg.copy()
+        with open_dict(job):
+            job.job_num = HydraConfig.get().job.num  # the number the launcher gave it
+        launched.append(job)
+        return 0.0
+
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        GlobalHydra.instance().hydra.multirun(
+            config_name="config",
+            task_function=task,
+            overrides=[*overrides, f"hydra.sweep.dir={sweep_dir}", *QUIET],
+            with_log_configuration=False,
+        )
+    return launched
+
+
+def cells(launched: list[DictConfig]) -> list[tuple[str, str, int]]:
+    return [(c.loss.name, c.teacher_strategy.name, c.seed) for c in launched]
+
+
+def test_far_factorial_expands_to_29_distinct_jobs_per_seed(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="farlab.sweeper")
+    launched = multirun(tmp_path / "sweep", ["+experiment=far_factorial", "seed=1,2"])
+
+    want = [(loss, s, seed) for loss, s, seed in itertools.product(CELLS, STRATEGIES, (1, 2))]
+    want += [("combined_ce", "frozen_sft", seed) for seed in (1, 2)]  # the first CE job of each seed, sweep order
+    assert sorted(cells(launched)) == sorted(want)
+    assert len(launched) == 2 * 29
+    # Every job that ran got its own dir, named from the swept keys; the dropped ones got none.
+    job_dirs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / ".hydra").is_dir())
+    assert job_dirs == sorted(f"loss={loss},seed={seed},teacher_strategy={s}" for loss, s, seed in want)
+    # The experiment's retention preset reached the jobs.
+    assert {c.train.keep_checkpoints for c in launched} == {"none"}
+
+    dropped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("  dropped")]
+    assert len(dropped) == 6
+    for seed, strategy in itertools.product((1, 2), STRATEGIES[1:]):
+        job = f"loss=combined_ce teacher_strategy={strategy} seed={seed}"  # +experiment=.. is shown once
+        same = f"loss=combined_ce teacher_strategy=frozen_sft seed={seed}"
+        assert f"  dropped {job} (same experiment as {same})" in dropped
+    assert "6 of 64 jobs dropped as duplicates" in caplog.text
+
+
+def test_a_grid_without_teacher_free_jobs_is_untouched(tmp_path):
+    launched = multirun(tmp_path / "sweep", ["+experiment=far_factorial", "loss=combined_r,combined_fa"])
+    assert sorted(cells(launched)) == sorted(itertools.product(("combined_r", "combined_fa"), STRATEGIES, (42,)))
+
+
+def test_the_rule_comes_from_the_loss_config_not_its_name(tmp_path):
+    """combined_r with alpha 0 distils nothing: its strategies collapse too; with alpha 0.5 they do not."""
+    launched = multirun(
+        tmp_path / "sweep",
+        [
+            "+experiment=far_factorial",
+            "loss=combined_r",
+            "loss.alpha=0.0,0.5",
+            "teacher_strategy=frozen_sft,cotrain_base",
+        ],
+    )
+    got = sorted((c.loss.alpha, c.teacher_strategy.name) for c in launched)
+    assert got == [(0.0, "frozen_sft"), (0.5, "cotrain_base"), (0.5, "frozen_sft")]
+
+
+def test_dry_run_lists_the_jobs_and_launches_nothing(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="farlab.sweeper")
+    launched = multirun(tmp_path / "sweep", ["+experiment=far_factorial", "hydra.sweeper.dry_run=true"])
+    assert launched == [] and not (tmp_path / "sweep").exists()
+    assert (
+        "dry run: 29 jobs would be launched (nothing launched); overrides of every job: seed=42 +experiment"
+        in caplog.text
+    )
+    listed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("  #")]
+    assert len(listed) == 29 and listed[0] == "  #0 : loss=combined_f teacher_strategy=frozen_sft"
+    assert listed[-1] == "  #28 : loss=combined_ce teacher_strategy=frozen_sft"
+
+
+def test_needs_teacher_and_canonical_form(compose_cfg):
+    ce = compose_cfg(["loss=combined_ce", "teacher_strategy=cotrain_base"])
+    assert not needs_teacher(ce.loss) and needs_teacher(compose_cfg(["loss=combined_r"]).loss)
+    assert not needs_teacher(OmegaConf.create({"alpha": 0.7, "components": {}}))
+    # CE: the strategy is not part of the experiment; everything else (seed here) is.
+    assert canonical_form(ce) == canonical_form(compose_cfg(["loss=combined_ce", "teacher_strategy=frozen_sft"]))
+    assert canonical_form(ce) != canonical_form(compose_cfg(["loss=combined_ce", "seed=7"]))
+    r = compose_cfg(["loss=combined_r", "teacher_strategy=frozen_sft"])
+    assert canonical_form(r) != canonical_form(compose_cfg(["loss=combined_r", "teacher_strategy=frozen_base"]))
+
+
+def test_an_unresolvable_job_is_kept_not_merged():
+    cfg = OmegaConf.create({"loss": {"alpha": 0.0, "components": {}}, "x": "${oc.env:FARLAB_TEST_UNSET_VAR}"})
+    assert canonical_form(cfg) is None
+
+
+@pytest.mark.parametrize("max_batch_size", [None, 2])
+def test_batches_are_cut_from_the_distinct_jobs(max_batch_size, tmp_path):
+    """hydra.sweeper.max_batch_size batches the distinct jobs: job numbers stay 0..n-1 whatever was dropped."""
+    launched = multirun(
+        tmp_path / "sweep",
+        [
+            "+experiment=far_factorial",
+            "loss=combined_ce,combined_r",
+            f"hydra.sweeper.max_batch_size={max_batch_size or 'null'}",
+        ],
+    )
+    assert sorted(cells(launched)) == sorted(
+        [("combined_ce", "frozen_sft", 42), *(("combined_r", s, 42) for s in STRATEGIES)]
+    )
+    assert [c.job_num for c in launched] == list(range(5))
