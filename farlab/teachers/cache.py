@@ -16,7 +16,7 @@ Build it with ``python -m farlab.teachers.cache <the train overrides>`` or let t
     token_offsets.npy    int64 [N + 1]            (with hidden states)
     hidden_<layer>.npy   dtype [R_tokens, D]      (with hidden states)
     metrics/<eval>.json  the teacher's pre-training eval metrics per eval-set fingerprint
-    COMPLETE             written last (farlab.trainer.checkpoints.publish); an entry without it is ignored
+    COMPLETE             written last (farlab.atomic.publish); an entry without it is ignored
 
 The key: teacher identity (SFT store key, or name + weights fingerprint / init config + seed), dataset
 fingerprint (a hash of every column of the tokenized train split, example ids included), k, the stored
@@ -32,8 +32,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,12 +44,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import TopK
 from farlab.registry import Registry
 from farlab.models.forward import model_inputs
 from farlab.teachers.backends.base import filler_topk, topk_from_logits
-from farlab.teachers.store import file_lock
-from farlab.trainer.checkpoints import COMPLETE_MARKER, publish
+from farlab.atomic import COMPLETE_MARKER, build_once
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +172,7 @@ def teacher_identity(cfg: Any, kind: str) -> dict[str, Any]:
                                        / "weights_fingerprints.json")
     else:
         ident["hub_id"] = str(spec.path)  # a hub id: pinned by name only
-    if spec.source == "config" or kind == "classification":
+    if spec.source == "config" or not TASK_KINDS.get(kind).vocabulary_logits:
         ident["seed"] = cfg.seed  # random weights or a fresh task head depend on the seed
     return ident
 
@@ -231,9 +229,8 @@ def _loader(data: Any, batch_size: int) -> Iterator[dict[str, Tensor]]:
 
 def _rows(kind: str, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor]:
     """(response positions or None = one row per example, token positions) of a collated batch."""
-    from farlab.models.pair import MASKS
 
-    token_mask, response_mask = MASKS.get(kind)(batch)
+    token_mask, response_mask = TASK_KINDS.get(kind).masks(batch)
     return (None if response_mask is None else response_mask.bool()), token_mask.bool()
 
 
@@ -425,63 +422,19 @@ class TeacherCache:
 
 def open_or_build(entry: Path, key: dict[str, Any], build: Callable[[Path], None] | None) -> TeacherCache:
     """The complete entry for ``key``; built first (under a file lock, atomically) when missing."""
-    if (entry / COMPLETE_MARKER).is_file():
-        return TeacherCache(entry, key)
-    with file_lock(entry.parent / f"{entry.name}.lock"):
-        if (entry / COMPLETE_MARKER).is_file():  # another process built it while we waited
-            log.info("teacher cache built by another process: %s", entry)
-            return TeacherCache(entry, key)
-        if entry.exists():
-            log.warning("ignoring incomplete teacher cache %s (no %s marker: an interrupted build)",
-                        entry, COMPLETE_MARKER)
-        if build is None:
-            raise CacheError(
-                f"no complete teacher cache at {entry}; build it with `python -m farlab.teachers.cache <the same "
-                "overrides as train>` or set teacher.cache.build=true"
-            )
-        for stale in entry.parent.glob(f".{entry.name}.staging-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # we hold the lock: these are leftovers of killed builds
-        staging = entry.parent / f".{entry.name}.staging-{os.getpid()}"
-        staging.mkdir(parents=True)
-        log.info("building teacher cache %s", entry)
-        try:
-            build(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        publish(staging, entry)
+    try:
+        build_once(entry, build, "teacher cache")
+    except FileNotFoundError:
+        raise CacheError(
+            f"no complete teacher cache at {entry}; build it with `python -m farlab.teachers.cache <the same "
+            "overrides as train>` or set teacher.cache.build=true"
+        ) from None
     return TeacherCache(entry, key)
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """``python -m farlab.teachers.cache <overrides>``: build (or find) the cache a run with these overrides uses."""
-    from hydra import compose, initialize_config_dir
-
-    from farlab.config import REPO_ROOT, register_configs, validate_config
-    from farlab.data import build_task_data
-    from farlab.models.loading import load_tokenizer
-    from farlab.teachers.backends.cache import prepare_cache
-    from farlab.teachers.strategies import TeacherContext, prepare_teacher
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    validate_config(cfg)
-    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)
-    data = build_task_data(cfg.task, tokenizer, cfg.seed)
-    prepared = prepare_cache(TeacherContext(cfg, None, data, tokenizer, cfg.model.attn_implementation), prepare_teacher,
-                             force_build=True)
-    cache: TeacherCache = prepared.info["cache"]
-    print(f"teacher cache: {cache.path} ({cache.nbytes() / 1e6:.1f} MB, {cache.meta['rows']} rows, k={cache.k})")
-    return cache.path
-
-
 if __name__ == "__main__":
-    main()
+    # The CLI lives in the application layer (it wires config, data, strategies and the trainer); this module is a
+    # library the trainer uses, so it hands the command over by name instead of importing upward.
+    import runpy
+
+    runpy.run_module("farlab.cli.cache", run_name="__main__")

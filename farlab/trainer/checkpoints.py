@@ -12,40 +12,12 @@ import re
 import shutil
 from pathlib import Path
 
+from farlab.atomic import COMPLETE_MARKER, publish  # noqa: F401 - re-exported: checkpoints are write-once folders
+
 log = logging.getLogger(__name__)
 
-COMPLETE_MARKER = "COMPLETE"
 STAGING_DIR = ".staging"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _fsync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-    _fsync_dir(path)
-
-
-def publish(staged: Path, final: Path) -> None:
-    """Move a fully written checkpoint into place and mark it complete."""
-    _fsync_tree(staged)
-    if final.exists():  # re-saving the same step after a resume
-        shutil.rmtree(final)
-    os.replace(staged, final)
-    marker = final / COMPLETE_MARKER
-    with open(marker, "w") as handle:
-        handle.write("ok\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    _fsync_dir(final.parent)  # persist the rename itself
 
 
 def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
