@@ -23,7 +23,7 @@ from farlab.config import REPO_ROOT, register_configs
 from farlab.losses.objective import build_objective
 from farlab.losses.spec import LossConfig
 from farlab.models.loading import Head, build_model, load_tokenizer, model_shape
-from farlab.models.pair import DistillationModule
+from farlab.trainer.pair import DistillationModule
 
 
 def make_batch(tokenizer, batch: int, length: int) -> dict[str, torch.Tensor]:

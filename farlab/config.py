@@ -1,8 +1,9 @@
-"""Structured configs: the schema Hydra checks types against, and farlab's own validation.
+"""Structured configs: the schema Hydra checks types against. Schema only: values are checked by
+:func:`farlab.validate.validate_config`, which asks each part for its problems.
 
 Hydra composes ``conf/config.yaml`` on top of :class:`FarlabConfig` (registered as ``farlab_schema``),
-so a typo in a key or a wrongly typed value fails at composition. :func:`validate_config` then checks
-values (ranges, known names, files on disk) before any model is loaded.
+so a typo in a key or a wrongly typed value fails at composition. Defaults live in these dataclasses;
+YAML files state only what differs.
 """
 
 from __future__ import annotations
@@ -12,18 +13,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from farlab.losses.objective import lm_chunk_size
-from farlab.losses.spec import LayerMapConfig, LossConfig, ProjectionConfig, validate_loss_config
-from farlab.registry import unknown_choice_message
+from farlab.errors import ConfigError
+from farlab.losses.spec import LayerMapConfig, LossConfig, ProjectionConfig
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
-
-
-class ConfigError(ValueError):
-    """A configuration value farlab refuses, raised before any model loads."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -133,12 +129,15 @@ class OpenAIBackendConfig:
 
 @dataclass
 class TeacherConfig:
-    """Where teacher outputs come from: the in-process model (hf), a cache on disk, or a server."""
+    """Where teacher outputs come from: the ``teacher`` group (conf/teacher: hf, cache, openai).
 
-    backend: str = "hf"  # hf | cache | openai
+    Each option sets ``backend`` and fills only its own section; the other sections stay null.
+    """
+
+    backend: str = "hf"  # hf | cache | openai (a TEACHER_BACKENDS name)
     top_k: Optional[int] = None  # null: dense logits for hf, 20 for cache/openai; k: sparse top-k teacher
-    cache: CacheBackendConfig = field(default_factory=CacheBackendConfig)
-    openai: OpenAIBackendConfig = field(default_factory=OpenAIBackendConfig)
+    cache: Optional[CacheBackendConfig] = None  # teacher=cache
+    openai: Optional[OpenAIBackendConfig] = None  # teacher=openai
 
 
 @dataclass
@@ -213,92 +212,4 @@ def package_path(package: str, *parts: str) -> str:
     return str(Path(spec.origin).parent.joinpath(*parts))
 
 
-# --------------------------------------------------------------------------------------------------
-# Validation
-# --------------------------------------------------------------------------------------------------
-
-TEACHER_INITS = ("sft", "base")
-MODEL_SOURCES = ("pretrained", "config", "from_teacher")
-WANDB_MODES = ("disabled", "offline", "online")
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def validate_config(cfg: DictConfig) -> None:
-    """Refuse bad values early, each with a message naming the value and the valid choices."""
-    from farlab.data import validate_task_config  # local: data imports heavy libraries
-
-    _require(cfg.task is not None, "no task selected; pass task=<name>, e.g. task=cola")
-    validate_task_config(cfg.task)
-    try:
-        validate_loss_config(cfg.loss)
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-
-    ts = cfg.teacher_strategy
-    _require(ts.init in TEACHER_INITS, unknown_choice_message("teacher_strategy.init", ts.init, list(TEACHER_INITS)))
-    for role in ("teacher", "student"):
-        spec = cfg.model[role]
-        _require(
-            spec.source in MODEL_SOURCES,
-            unknown_choice_message(f"model.{role}.source", spec.source, list(MODEL_SOURCES)),
-        )
-        if spec.source == "pretrained":
-            _require(spec.path is not None, f"model.{role}.source=pretrained needs model.{role}.path")
-        if spec.source == "config":
-            _require(
-                spec.config is not None and "model_type" in spec.config,
-                f"model.{role}.source=config needs model.{role}.config with a model_type",
-            )
-    _require(cfg.model.teacher.source != "from_teacher", "model.teacher.source cannot be from_teacher")
-    for role in ("teacher", "student"):
-        lora = cfg.model[role].lora
-        _require(lora.r >= 0, f"model.{role}.lora.r={lora.r} must be >= 0 (0 = no LoRA)")
-        _require(lora.r == 0 or lora.alpha > 0, f"model.{role}.lora.alpha={lora.alpha} must be > 0")
-        _require(0 <= lora.dropout < 1, f"model.{role}.lora.dropout={lora.dropout} must be in [0, 1)")
-    if cfg.model.student.source == "from_teacher":
-        blocks = cfg.model.student.init_blocks
-        _require(bool(blocks), "model.student.source=from_teacher needs model.student.init_blocks, e.g. [1, 3, 5]")
-        _require(
-            all(int(b) >= 1 for b in blocks),
-            f"model.student.init_blocks={list(blocks)}: blocks are numbered from 1 (0 is the embedding output)",
-        )
-
-    cotrain = ts.cotrain
-    if ts.trainable and lm_chunk_size(cfg.loss) is not None:
-        raise ConfigError(
-            f"loss {cfg.loss.name!r} sets a response chunk_size, which a co-trained teacher "
-            f"(teacher_strategy={ts.name}) cannot use: its output head would get gradients through the "
-            "distillation targets. Set loss.components.response.chunk_size=null or use a frozen teacher"
-        )
-    _require(cotrain.ce_weight >= 0, f"teacher_strategy.cotrain.ce_weight={cotrain.ce_weight} must be >= 0")
-    _require(
-        cotrain.learning_rate is None or cotrain.learning_rate > 0,
-        f"teacher_strategy.cotrain.learning_rate={cotrain.learning_rate} must be > 0 or null",
-    )
-
-    tr = cfg.train
-    _require(tr.batch_size >= 1, f"train.batch_size={tr.batch_size} must be >= 1")
-    _require(tr.learning_rate > 0, f"train.learning_rate={tr.learning_rate} must be > 0")
-    _require(tr.epochs > 0 or tr.max_steps > 0, "set train.epochs > 0 or train.max_steps > 0")
-    _require(tr.grad_accum_steps >= 1, f"train.grad_accum_steps={tr.grad_accum_steps} must be >= 1")
-    _require(
-        tr.eval_steps is None or tr.eval_steps >= 0,
-        f"train.eval_steps={tr.eval_steps} must be >= 1 (or null/0: evaluate only after training)",
-    )
-    _require(not (tr.bf16 and tr.fp16), "train.bf16 and train.fp16 are mutually exclusive")
-    _require(
-        cfg.wandb.mode in WANDB_MODES, unknown_choice_message("wandb.mode", cfg.wandb.mode, list(WANDB_MODES))
-    )
-    from farlab.teachers.backends import validate_teacher_config  # local: backends import torch
-    from farlab.teachers.tokenizers import VOCAB_ALIGN
-
-    _require(
-        cfg.model.vocab_align in VOCAB_ALIGN,
-        unknown_choice_message("model.vocab_align", cfg.model.vocab_align, VOCAB_ALIGN.names()),
-    )
-    problems = validate_teacher_config(cfg)
-    _require(not problems, "invalid teacher setup:\n  - " + "\n  - ".join(problems))
+__all__ = ["REPO_ROOT", "ConfigError", "FarlabConfig", "register_configs"]

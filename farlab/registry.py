@@ -55,6 +55,10 @@ class Registry(Generic[T]):
             raise KeyError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
 
+    def remove(self, name: str) -> T:
+        """Drop an entry (tests that register a toy one clean up with this)."""
+        return self._entries.pop(name)
+
     def get(self, name: str, context: str = "") -> T:
         if name not in self._entries:
             raise ValueError(unknown_choice_message(self.kind, name, self._entries, context))

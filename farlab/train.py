@@ -14,9 +14,9 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from transformers import set_seed
+from transformers import PreTrainedModel, set_seed
 
-from farlab.config import REPO_ROOT, register_configs, validate_config
+from farlab.config import REPO_ROOT, register_configs
 from farlab.data import build_task_data
 from farlab.data.base import TaskData
 from farlab.eval.extra import evaluate_extra, extra_eval_report
@@ -24,6 +24,7 @@ from farlab.eval.loop import evaluate_model
 from farlab.eval.transfer import transfer_gap
 from farlab.losses.gkd import build_on_policy
 from farlab.losses.objective import build_objective
+from farlab.losses.plan import LossPlan
 from farlab.models.loading import (
     build_model,
     check_vocab,
@@ -34,10 +35,9 @@ from farlab.models.loading import (
     model_shape,
 )
 from farlab.models.lora import apply_lora
-from farlab.models.pair import DistillationModule, frozen_guard
 from farlab.report import print_summary
 from farlab.run_record import RunRecord, completed_run
-from farlab.teachers.backends import TEACHER_BACKENDS
+from farlab.teachers.backends import TEACHER_BACKENDS, PreparedTeacher
 from farlab.teachers.backends.accounting import TeacherComputeLog
 from farlab.teachers.strategies import TeacherContext, prepare_teacher
 from farlab.teachers.tokenizers import check_logit_widths, check_tokenizers, logit_width, vocab_aligner
@@ -49,31 +49,24 @@ from farlab.trainer.checkpoints import (
     resume_checkpoint,
 )
 from farlab.trainer.fit import FitSettings, configure_wandb, finish_wandb, make_trainer, set_threads
+from farlab.trainer.pair import DistillationModule, frozen_guard
 from farlab.trainer.resources import peak_memory_mb
+from farlab.trainer.sft import sft_fine_tuner
 from farlab.trainer.signals import GracefulStop, Preempted, requeue_or_exit
+from farlab.validate import validate_config
 
 log = logging.getLogger("farlab.train")
 register_configs()
 
 
-def loss_requirements(loss_cfg: DictConfig) -> tuple[bool, bool]:
-    """(needs a teacher, needs attention maps), decided from the config before any model loads."""
-    components = loss_cfg.components or {}
-    needs_teacher = loss_cfg.alpha > 0 and len(components) > 0
-    needs_attention = needs_teacher and any(c.type == "attention" for c in components.values())
-    return needs_teacher, needs_attention
-
-
-def attention_implementation(cfg: DictConfig, needs_attention: bool) -> str | None:
-    """The attention kernel to load models with: eager whenever an attention loss needs the maps."""
-    if not needs_attention:
-        return cfg.model.attn_implementation
-    if cfg.model.attn_implementation != "eager":
+def attention_implementation(model_cfg: DictConfig, plan: LossPlan) -> str | None:
+    """The attention kernel to load models with: eager whenever a loss needs the attention maps."""
+    if not plan.needs_attentions:
+        return model_cfg.attn_implementation
+    if model_cfg.attn_implementation != "eager":
         # sdpa/flash kernels return no attention maps (an empty tuple), which would silently zero the loss.
-        log.info(
-            "attention loss configured: switching attn_implementation %s -> eager",
-            cfg.model.attn_implementation or "default (sdpa)",
-        )
+        log.info("attention loss configured: switching attn_implementation %s -> eager",
+                 model_cfg.attn_implementation or "default (sdpa)")
     return "eager"
 
 
@@ -82,32 +75,40 @@ class Setup:
     """Everything built before training: the pair the Trainer optimises and the teacher's provenance."""
 
     pair: DistillationModule
-    teacher: Any  # the in-process teacher, or None (no KD, or a cache/server backend)
-    prepared: Any  # what the teacher backend prepared (its pre-training metrics for a cache), or None
+    teacher: PreTrainedModel | None  # the in-process teacher, or None (no KD, or a cache/server backend)
+    prepared: PreparedTeacher | None  # what the teacher backend prepared (its pre-training metrics for a cache)
 
 
-def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, needs_teacher: bool, attn: str | None) -> Setup:
-    """Student, teacher (through its strategy and backend), objective: the models of one run.
+def build_student(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan,
+                  attn: str | None) -> tuple[PreTrainedModel, PreTrainedModel | None]:
+    """The student, and the base teacher when it is needed now (in-process KD, or a student copied from it).
 
-    The student is built from the teacher's *base* weights, so every teacher strategy starts the
-    student from the same point. A cache or server backend builds the teacher only if it must.
+    The student is built from the teacher's *base* weights, so every teacher strategy starts the student
+    from the same point.
     """
     head = head_for(data)
-    backend_kind = TEACHER_BACKENDS.get(cfg.teacher.backend)
     set_seed(cfg.seed)
     base_teacher = None
-    if (needs_teacher and backend_kind.in_process) or cfg.model.student.source == "from_teacher":
+    in_process = TEACHER_BACKENDS.get(cfg.teacher.backend).in_process
+    if (plan.needs_teacher and in_process) or cfg.model.student.source == "from_teacher":
         base_teacher = build_model(cfg.model.teacher, head, attn)
         check_vocab(base_teacher, tokenizer, "teacher")
     set_seed(cfg.seed)
     student = build_model(cfg.model.student, head, attn, teacher=base_teacher)
     fit_student_vocab(student, tokenizer)
+    return student, base_teacher
 
+
+def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan, attn: str | None) -> Setup:
+    """Student, teacher (through its strategy and backend), objective: the models of one run."""
+    student, base_teacher = build_student(cfg, data, tokenizer, plan, attn)
     teacher = prepared = None
-    if needs_teacher:
-        prepared = backend_kind.prepare(TeacherContext(cfg, base_teacher, data, tokenizer, attn), prepare_teacher)
+    if plan.needs_teacher:
+        ctx = TeacherContext(cfg, base_teacher, data, tokenizer, attn, plan,
+                             fine_tune=sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed))
+        prepared = TEACHER_BACKENDS.get(cfg.teacher.backend).prepare(ctx, prepare_teacher)
         teacher = prepared.model  # None for cache/openai: no teacher in this process
-        check_logit_widths(cfg, logit_width(student, data.kind), prepared.vocab_size)
+        check_logit_widths(cfg.model.vocab_align, plan, logit_width(student, data.kind), prepared.vocab_size)
     shapes = (model_shape(student), prepared.shape if prepared else None)
     trainable_teacher = teacher is not None and bool(cfg.teacher_strategy.trainable)
     if cfg.model.student.lora.r > 0:
@@ -116,45 +117,43 @@ def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, needs_teacher: 
         teacher = apply_lora(teacher, cfg.model.teacher.lora, data.kind)
 
     set_seed(cfg.seed)
-    objective = build_objective(cfg.loss, cfg.layer_map, cfg.projection, *shapes)
+    objective = build_objective(plan, cfg.layer_map, cfg.projection, *shapes)
     cotrain = cfg.teacher_strategy.cotrain
     pair = DistillationModule(
-        student,
-        teacher,
-        objective,
-        kind=data.kind,
+        student, teacher, objective, kind=data.kind,
         teacher_trainable=trainable_teacher,
         teacher_ce_weight=cotrain.ce_weight,
         detach_targets=cotrain.detach_targets,
         backend=prepared.make_backend(teacher) if prepared else None,
         vocab_align=vocab_aligner(cfg.model.vocab_align, data.kind) if prepared else None,
-        on_policy=build_on_policy(cfg, data.kind, tokenizer) if prepared else None,
+        on_policy=build_on_policy(cfg.loss.get("gkd"), data.task_kind, tokenizer, cfg.seed) if prepared else None,
     )
     return Setup(pair, teacher, prepared)
 
 
-def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dict[str, Any]:
-    """One experiment; raises :class:`Preempted` when ``stop`` saw a signal and training stopped early."""
-    validate_config(cfg)
-    set_threads(cfg.train.num_threads)
-    needs_teacher, needs_attention = loss_requirements(cfg.loss)
-    attn = attention_implementation(cfg, needs_attention)
-
-    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)  # a processor for vision-language pairs
-    data = build_task_data(cfg.task, tokenizer, cfg.seed)
-    log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
-    check_tokenizers(cfg, tokenizer, data, needs_teacher)  # model.teacher_tokenizer vs the student's
-    setup = build_setup(cfg, data, tokenizer, needs_teacher, attn)
-    pair, teacher = setup.pair, setup.teacher
-
-    eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
-    pre = {"student": evaluate_model(pair.student, data, eval_bs, "pre-eval student", progress)}
-    if teacher is not None:
-        pre["teacher"] = evaluate_model(teacher, data, eval_bs, "pre-eval teacher", progress)
+def pre_metrics(setup: Setup, data: TaskData, eval_bs: int, progress: bool) -> dict[str, Any]:
+    """Student and teacher metrics before training (a cache backend brings its record of the teacher's)."""
+    pre = {"student": evaluate_model(setup.pair.student, data, eval_bs, "pre-eval student", progress)}
+    if setup.teacher is not None:
+        pre["teacher"] = evaluate_model(setup.teacher, data, eval_bs, "pre-eval teacher", progress)
     elif setup.prepared is not None and setup.prepared.metrics is not None:
-        pre["teacher"] = setup.prepared.metrics  # the cache's record of this same evaluation
-    pre_extra = evaluate_extra(data, {"student": pair.student, "teacher": teacher}, eval_bs, "pre", progress)
+        pre["teacher"] = setup.prepared.metrics
+    return pre
 
+
+@dataclass
+class FitResult:
+    trainer: Any
+    result: Any
+    peak: PeakMetrics
+    compute: TeacherComputeLog | None
+    resumed_from: Path | None
+    report_to: Any
+
+
+def fit(cfg: DictConfig, setup: Setup, data: TaskData, tokenizer: Any, run_dir: Path, stop: GracefulStop) -> FitResult:
+    """Train the pair with its callbacks; a signal during training raises :class:`Preempted`."""
+    pair = setup.pair
     cotrain = cfg.teacher_strategy.cotrain
     settings = FitSettings.from_config(
         cfg.train,
@@ -162,8 +161,8 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         run_name=run_dir.name,
         teacher_learning_rate=cotrain.learning_rate if pair.teacher_trainable else None,
     )
-    stop = stop or GracefulStop()
     trainer = make_trainer(pair, data, tokenizer, run_dir, settings, cfg.seed, callbacks=[stop])
+    eval_bs = cfg.train.eval_batch_size
     peak = PeakMetrics(lambda: evaluate_model(pair.student, data, eval_bs, "eval student", False),
                        cfg.train.eval_steps, log_fn=trainer.log)
     trainer.add_callback(peak)
@@ -171,19 +170,51 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     if compute is not None:
         trainer.add_callback(compute)  # teacher_forwards_per_step (and on_policy_fraction) in the logs
     resume_from = resume_checkpoint(run_dir, cfg.resume)
-    with frozen_guard(teacher, frozen=teacher is not None and not pair.teacher_trainable):
+    with frozen_guard(setup.teacher, frozen=setup.teacher is not None and not pair.teacher_trainable):
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if stop.requested:  # stopped after a checkpoint, or the signal came during the last step's save
         step = result.global_step if stop.stopped_at is not None else None
         raise Preempted(stop.signum, step, latest_complete_checkpoint(run_dir), stop.resubmit)
-    student = export_student(pair.student, tokenizer, run_dir / "final")
+    return FitResult(trainer, result, peak, compute, resume_from, settings.report_to)
 
+
+def train_summary(fitted: FitResult) -> dict[str, Any]:
+    trainer, result = fitted.trainer, fitted.result
+    return {
+        "runtime_s": round(trainer.train_seconds, 2),
+        "global_step": result.global_step,
+        "train_samples_per_s": result.metrics.get("train_samples_per_second"),
+        "tokens_per_s": round(trainer.tokens_seen / max(trainer.train_seconds, 1e-9), 1),
+        "final_loss": trainer.mean_loss(),  # over all steps, across resumes
+        "resumed_from": str(fitted.resumed_from) if fitted.resumed_from else None,
+        **(fitted.compute.summary(result.global_step) if fitted.compute is not None else {}),  # since the last start
+    }
+
+
+def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dict[str, Any]:
+    """One experiment; raises :class:`Preempted` when ``stop`` saw a signal and training stopped early."""
+    plan = validate_config(cfg)
+    set_threads(cfg.train.num_threads)
+    attn = attention_implementation(cfg.model, plan)
+
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)  # a processor for vision-language pairs
+    data = build_task_data(cfg.task, tokenizer, cfg.seed)
+    log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
+    check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's
+    setup = build_setup(cfg, data, tokenizer, plan, attn)
+    eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
+    pre = pre_metrics(setup, data, eval_bs, progress)
+    pre_models = {"student": setup.pair.student, "teacher": setup.teacher}
+    pre_extra = evaluate_extra(data, pre_models, eval_bs, "pre", progress)  # task.extra_eval_files, if any
+
+    fitted = fit(cfg, setup, data, tokenizer, run_dir, stop or GracefulStop())
+    student = export_student(setup.pair.student, tokenizer, run_dir / "final")
     post = {"student": evaluate_model(student, data, eval_bs, "post-eval student", progress)}
-    if teacher is not None and pair.teacher_trainable:
-        post["teacher"] = evaluate_model(teacher, data, eval_bs, "post-eval teacher", progress)
-    post_teacher = teacher if "teacher" in post else None  # evaluated after training only when it trained
+    if setup.teacher is not None and setup.pair.teacher_trainable:
+        post["teacher"] = evaluate_model(setup.teacher, data, eval_bs, "post-eval teacher", progress)
+    post_teacher = setup.teacher if "teacher" in post else None  # evaluated after training only when it trained
     post_extra = evaluate_extra(data, {"student": student, "teacher": post_teacher}, eval_bs, "post", progress)
-    peak.record(post["student"], result.global_step)
+    fitted.peak.record(post["student"], fitted.result.global_step)
 
     primary = data.primary_metric
     # The transfer gap uses the teacher the student actually learned from (post-training when co-trained).
@@ -196,20 +227,12 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         "post": post,
         "transfer_gap": transfer_gap(primary, teacher_score, pre["student"][primary], post["student"][primary]),
         "extra_eval": extra_eval_report(pre_extra, post_extra),  # other eval files, e.g. MNLI dev_mismatched
-        "train": {
-            "runtime_s": round(trainer.train_seconds, 2),
-            "global_step": result.global_step,
-            "train_samples_per_s": result.metrics.get("train_samples_per_second"),
-            "tokens_per_s": round(trainer.tokens_seen / max(trainer.train_seconds, 1e-9), 1),
-            "final_loss": trainer.mean_loss(),  # over all steps, across resumes
-            "resumed_from": str(resume_from) if resume_from else None,
-            **(compute.summary(result.global_step) if compute is not None else {}),  # since the last (re)start
-        },
-        "loss_components": trainer.component_means(),
-        "best": peak.best,
+        "train": train_summary(fitted),
+        "loss_components": fitted.trainer.component_means(),
+        "best": fitted.peak.best,
         "peak_memory_mb": peak_memory_mb(),
     }
-    if settings.report_to:
+    if fitted.report_to:
         finish_wandb(metrics)
     return metrics
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from farlab.config import REPO_ROOT, register_configs
 
@@ -17,6 +18,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+def load_group(group: str, name: str, schema: Any = None) -> DictConfig:
+    """One option of a config group as Hydra composes it (its own defaults list included), optionally merged
+    onto its schema: what a run would see under ``cfg.<group>``."""
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        node = compose(config_name=f"{group}/{name}")[group]
+    return OmegaConf.merge(OmegaConf.structured(schema), node) if schema is not None else node
 
 
 def tiny_overrides(store: Path, **extra: object) -> list[str]:

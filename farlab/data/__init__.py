@@ -10,7 +10,8 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
-from farlab.data.base import DataError, TaskData
+from farlab.errors import DataError
+from farlab.data.base import TaskData
 from farlab.registry import Registry
 
 

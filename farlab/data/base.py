@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import datasets
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from farlab.errors import DataError
+
+if TYPE_CHECKING:
+    from farlab.data.kinds import TaskKind
 
 C = TypeVar("C")
 
@@ -23,10 +28,6 @@ class GenerationConfig:
     max_new_tokens: int = 64
     num_beams: int = 1  # 1 = greedy
     batch_size: int = 16
-
-
-class DataError(ValueError):
-    """A data file is missing, malformed or holds values outside the task's label set."""
 
 
 @dataclass
@@ -48,6 +49,13 @@ class TaskData:
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    @property
+    def task_kind(self) -> TaskKind:
+        """The record of this task's kind: head, masks, predictor, scorer (farlab.data.kinds)."""
+        from farlab.data.kinds import TASK_KINDS  # same layer; kinds imports the eval predictors, which import this
+
+        return TASK_KINDS.get(self.kind)
 
 
 def typed_config(schema: type[C], task_cfg: DictConfig | dict) -> C:

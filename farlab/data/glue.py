@@ -24,7 +24,8 @@ import datasets
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from farlab.data.base import DataError, TaskData, check_eval_settings, typed_config
+from farlab.errors import DataError
+from farlab.data.base import TaskData, check_eval_settings, typed_config
 from farlab.registry import unknown_choice_message
 
 csv.field_size_limit(sys.maxsize)

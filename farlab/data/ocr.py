@@ -30,7 +30,8 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from farlab.data.base import DataError, check_eval_settings, GenerationConfig, TaskData, typed_config
+from farlab.errors import DataError
+from farlab.data.base import check_eval_settings, GenerationConfig, TaskData, typed_config
 from farlab.registry import Registry, unknown_choice_message
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ import datasets
 import torch
 from omegaconf import DictConfig
 
-from farlab.data.base import DataError, check_eval_settings, GenerationConfig, TaskData, typed_config
+from farlab.errors import DataError
+from farlab.data.base import check_eval_settings, GenerationConfig, TaskData, typed_config
 
 @dataclass
 class TranslationTaskConfig:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from farlab.data.base import TaskData
 from farlab.eval.loop import evaluate_model
+
+if TYPE_CHECKING:  # the data layer sits above eval
+    from farlab.data.base import TaskData
 
 Results = dict[str, dict[str, dict[str, Any]]]  # {split: {role: metrics}}
 

@@ -1,35 +1,34 @@
 """The direct evaluation loop: plain forward passes (or generation) over a dataset, no nested Trainer.
 
 A nested Trainer would bring its own logging, callbacks and state; evaluating teacher and student
-before and after training is a loop of forwards, so it stays that simple. One evaluator per task
-kind, chosen through :data:`EVALUATORS`. A classifier's evaluator returns class probabilities, so every
+before and after training is a loop of forwards, so it stays that simple. One predictor per task
+kind; the kind's record (:mod:`farlab.data.kinds`) names it and how its predictions are scored. A classifier's evaluator returns class probabilities, so every
 classification evaluation reports calibration (:mod:`farlab.eval.calibration`) next to the task metrics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from farlab.data.base import TaskData
+if TYPE_CHECKING:  # the data layer sits above eval: its kinds name the predictors below
+    from farlab.data.base import TaskData
+
 from farlab.eval.calibration import calibration_metrics
 from farlab.eval.metrics import compute_metrics
-from farlab.registry import Registry
 
-Predictor = Callable[[torch.nn.Module, TaskData, int, str, bool], tuple[Any, list[Any]]]  # (predictions, references)
-EVALUATORS: Registry[Predictor] = Registry("task kind")
+Predictor = Callable[[torch.nn.Module, "TaskData", int, str, bool], tuple[Any, list[Any]]]  # (predictions, refs)
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-@EVALUATORS.register("classification")
 @torch.no_grad()
 def predict_probabilities(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "eval", progress: bool = True
@@ -46,7 +45,6 @@ def predict_probabilities(
     return np.concatenate(probs), np.concatenate(labels).tolist()
 
 
-@EVALUATORS.register("causal_lm")
 @torch.no_grad()
 def generate_texts(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "generate", progress: bool = True
@@ -76,7 +74,6 @@ def generate_texts(
     return outputs, list(references)
 
 
-@EVALUATORS.register("vision_lm")
 @torch.no_grad()
 def generate_from_images(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "generate", progress: bool = True
@@ -108,18 +105,22 @@ def generate_from_images(
     return outputs, [normalize(r) for r in data.eval["reference"]]
 
 
+def score_classification(data: TaskData, probabilities: Any, references: list[Any]) -> dict[str, Any]:
+    """Task metrics on the argmax, plus calibration from the probabilities."""
+    probs = np.asarray(probabilities, dtype=np.float64)
+    task = compute_metrics(data.metrics, probs.argmax(axis=1).tolist(), references)
+    return {**task, **calibration_metrics(probs, references, data.label_names)}
+
+
 def evaluate_model(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "eval", progress: bool = True
 ) -> dict[str, Any]:
-    """The task metrics on ``data.eval``; for classification also the calibration entries."""
+    """The task metrics on ``data.eval`` (for classification also the calibration entries)."""
+    kind = data.task_kind
     was_training = model.training
     model.eval()
     try:
-        predictions, references = EVALUATORS.get(data.kind)(model, data, batch_size, desc, progress)
+        predictions, references = kind.predict(model, data, batch_size, desc, progress)
     finally:
         model.train(was_training)
-    if data.kind != "classification":
-        return compute_metrics(data.metrics, predictions, references)
-    probs = np.asarray(predictions, dtype=np.float64)
-    task = compute_metrics(data.metrics, probs.argmax(axis=1).tolist(), references)
-    return {**task, **calibration_metrics(probs, references, data.label_names)}
+    return kind.score(data, predictions, references)

@@ -10,11 +10,12 @@ keys at padding already carry zero probability. Teacher maps are used as given (
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from farlab.losses.base import DistillBatch, LossComponent
+from farlab.losses.base import COMPONENT_TYPES, BuildContext, DistillBatch, LossComponent
 from farlab.losses.divergences import kl_probs, masked_mean, upcast
 from farlab.registry import Registry
 
@@ -30,11 +31,19 @@ def attention_values(student: Tensor, teacher: Tensor, fn: str = "kl") -> Tensor
     return ATTENTION_FNS.get(fn)(student, teacher)
 
 
+@COMPONENT_TYPES.register("attention")
 class AttentionKL(LossComponent):
     """Mean over block pairs of the masked mean (heads x real query rows) of the row-wise KL."""
 
-    kind = "attention"
-    needs_attentions = True
+    kind, letter, fns, default_fn = "attention", "A", ATTENTION_FNS, "kl"
+    needs_attentions = uses_layer_map = True
+
+    @classmethod
+    def from_config(cls, comp: Any, ctx: BuildContext) -> AttentionKL:
+        pairs = [(s, t) for s, t in ctx.layer_pairs() if s >= 1 and t >= 1]  # embeddings have no attention map
+        if not pairs:
+            raise ValueError("attention loss: the layer map has no block pairs (only layer 0 = embeddings)")
+        return cls(pairs, fn=comp.fn)
 
     def __init__(self, pairs: Sequence[tuple[int, int]], fn: str = "kl") -> None:
         super().__init__()

@@ -10,11 +10,12 @@ number of pairs). Teacher tensors are used as given: the caller detaches a froze
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from farlab.losses.base import DistillBatch, LossComponent
+from farlab.losses.base import COMPONENT_TYPES, BuildContext, DistillBatch, LossComponent
 from farlab.losses.divergences import masked_mean, upcast
 from farlab.registry import Registry
 
@@ -23,11 +24,17 @@ FEATURE_FNS.register("mse", lambda s, t: (s - t).pow(2).mean(-1))
 FEATURE_FNS.register("cosine", lambda s, t: 1.0 - F.cosine_similarity(s, t, dim=-1, eps=1e-8))
 
 
+@COMPONENT_TYPES.register("feature")
 class FeatureLoss(LossComponent):
     """Mean over layer pairs of ``masked_mean(fn(proj(h_s[i]), h_t[j]), token_mask)``."""
 
-    kind = "feature"
-    needs_hidden_states = True
+    kind, letter, fns, default_fn = "feature", "F", FEATURE_FNS, "mse"
+    needs_hidden_states = uses_layer_map = True
+
+    @classmethod
+    def from_config(cls, comp: Any, ctx: BuildContext) -> FeatureLoss:
+        pairs = ctx.layer_pairs()
+        return cls(comp.fn, pairs, [ctx.projection() for _ in pairs])
 
     def __init__(self, fn: str, pairs: Sequence[tuple[int, int]], projections: Sequence[nn.Module]) -> None:
         super().__init__()

@@ -26,10 +26,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from farlab.errors import ConfigError
 
-def gkd_problems(cfg: Any) -> list[str]:
+
+def gkd_problems(gkd: Any, plan: Any) -> list[str]:
     """Model-free checks of ``loss.gkd`` (range of each field, a teacher to score the samples)."""
-    gkd = cfg.loss.get("gkd")
     if gkd is None:
         return []
     problems = []
@@ -39,7 +40,7 @@ def gkd_problems(cfg: Any) -> list[str]:
         problems.append(f"loss.gkd.temperature={gkd.temperature} must be > 0 (student sampling temperature)")
     if gkd.max_new_tokens < 1:
         problems.append(f"loss.gkd.max_new_tokens={gkd.max_new_tokens} must be >= 1")
-    if gkd.lambda_ > 0 and not (cfg.loss.alpha > 0 and cfg.loss.components):
+    if gkd.lambda_ > 0 and not plan.needs_teacher:
         problems.append("loss.gkd needs a teacher loss to score the student's samples (alpha > 0 and components)")
     return problems
 
@@ -104,14 +105,11 @@ class OnPolicySampler:
         }
 
 
-def build_on_policy(cfg: Any, kind: str, tokenizer: Any) -> OnPolicySampler | None:
-    """The run's sampler, or None when ``loss.gkd`` is unset; refuses non-decoder tasks."""
-    from farlab.config import ConfigError
-
-    gkd = cfg.loss.get("gkd")
+def build_on_policy(gkd: Any, task_kind: Any, tokenizer: Any, seed: int) -> OnPolicySampler | None:
+    """The run's sampler for ``loss.gkd`` (None when unset); refuses tasks whose student does not generate text."""
     if gkd is None:
         return None
-    if kind != "causal_lm":
-        raise ConfigError(f"loss.gkd samples continuations from a decoder-only student; this task is {kind!r}: "
-                          "drop loss.gkd (e.g. a response_* loss)")
-    return OnPolicySampler.from_config(gkd, tokenizer, cfg.seed)
+    if not task_kind.decoder_only:
+        raise ConfigError(f"loss.gkd samples continuations from a decoder-only student; this task is "
+                          f"{task_kind.name!r}: drop loss.gkd (e.g. a response_* loss)")
+    return OnPolicySampler.from_config(gkd, tokenizer, seed)

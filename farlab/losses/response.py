@@ -25,10 +25,12 @@ the dense and the chunked path alike. Teacher sources are used in this order: ``
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from farlab.losses.base import DistillBatch, LossComponent, ModelView, TopK
+from farlab.losses.base import COMPONENT_TYPES, BuildContext, DistillBatch, LossComponent, ModelView, TopK
 from farlab.losses.chunked import Stream, chunked_rows_sum
 from farlab.losses.divergences import (
     DIVERGENCES,
@@ -45,10 +47,17 @@ RESPONSE_FNS = DIVERGENCES  # kl reverse_kl jsd symmetric_kl tvd skew_kl skew_re
 TeacherTarget = Tensor | TopK
 
 
+@COMPONENT_TYPES.register("response")
 class ResponseLoss(LossComponent):
     """``masked_mean(divergence(fn)(student, teacher), response_mask)``; fn from :data:`RESPONSE_FNS`."""
 
-    kind = "response"
+    kind, letter, fns, default_fn = "response", "R", RESPONSE_FNS, "kl"
+    needs_distribution = True
+
+    @classmethod
+    def from_config(cls, comp: Any, ctx: BuildContext) -> ResponseLoss:
+        return cls(fn=comp.fn, temperature=ctx.temperature, beta=comp.beta, skew=comp.skew,
+                   chunk_size=comp.chunk_size, topk_tail=comp.topk_tail)
 
     def __init__(
         self,

@@ -4,26 +4,24 @@ Plain dataclasses with defaults everywhere and only str/int/float/bool/Optional/
 Hydra's ConfigStore and ``OmegaConf.structured`` accept them. (No ``from __future__ import annotations``
 here: OmegaConf reads the real annotation objects.)
 
-The ``validate_*`` functions need no model: they check names against the registries and numbers against
-their ranges, and raise one ValueError listing every problem, each naming the bad value and the valid
-choices (with a "did you mean" suggestion for near-miss names).
+Defaults live here and only here: YAML files state what differs from them, and code that reads a config
+merges it onto these dataclasses first (:func:`typed`). The ``validate_*`` functions need no model: they check
+names against the registries and numbers against their ranges, and raise one ValueError listing every problem,
+each naming the bad value and the valid choices (with a "did you mean" suggestion for near-miss names).
 """
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from farlab.losses.attention import ATTENTION_FNS
+from omegaconf import OmegaConf
+
+from farlab.losses.base import COMPONENT_TYPES
 from farlab.losses.divergences import TOPK_TAILS
-from farlab.losses.feature import FEATURE_FNS
 from farlab.losses.layer_map import LAYER_MAPS
 from farlab.losses.projection import PROJECTIONS
-from farlab.registry import Registry, unknown_choice_message
-from farlab.losses.response import RESPONSE_FNS
 from farlab.losses.staged import RAMPS, UNITS
-
-# Component type -> registry of the fns it accepts. Also the set of valid component types.
-COMPONENT_FNS: Dict[str, Registry] = {"response": RESPONSE_FNS, "feature": FEATURE_FNS, "attention": ATTENTION_FNS}
+from farlab.registry import unknown_choice_message
 
 
 @dataclass
@@ -31,8 +29,8 @@ class ComponentConfig:
     """One loss term. ``beta`` is used by ``jsd``, ``skew`` by ``skew_kl``/``skew_reverse_kl``,
     ``chunk_size`` (rows per chunk; None = dense) and ``topk_tail`` by response components only."""
 
-    type: str = "response"  # response | feature | attention
-    fn: str = "kl"
+    type: str = "response"  # a COMPONENT_TYPES name: response | feature | attention | ...
+    fn: Optional[str] = None  # None = the type's default_fn (response kl, feature mse, attention kl)
     weight: float = 1.0
     beta: float = 0.5
     skew: float = 0.1
@@ -97,6 +95,17 @@ def cfg_get(obj: Any, key: str, default: Any = None) -> Any:
     return getattr(obj, key, default)
 
 
+def typed(schema: Any, cfg: Any) -> Any:
+    """``cfg`` (a dataclass, DictConfig, dict or None) as an instance of ``schema`` with the schema's defaults filled in.
+
+    One road for every reader, so a default is stated once (in the dataclass) and never restated in code.
+    """
+    if isinstance(cfg, schema):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(schema), {} if cfg is None else cfg)
+    return OmegaConf.to_object(merged)
+
+
 def _raise(what: str, problems: List[str]) -> None:
     if problems:
         raise ValueError(f"invalid {what}:\n  - " + "\n  - ".join(problems))
@@ -130,39 +139,35 @@ def _schedule_problems(schedule: Any, names: List[str]) -> List[str]:
 
 def validate_loss_config(cfg: Any) -> None:
     """Raise ValueError if ``cfg`` (LossConfig, DictConfig or dict) cannot describe a valid objective."""
+    cfg = typed(LossConfig, cfg)
     problems: List[str] = []
-    alpha, temperature = float(cfg_get(cfg, "alpha", 0.5)), float(cfg_get(cfg, "temperature", 2.0))
-    if alpha < 0:
-        problems.append(f"alpha must be >= 0, got {alpha}")
-    if float(cfg_get(cfg, "ce_weight", 1.0)) < 0:
-        problems.append(f"ce_weight must be >= 0, got {cfg_get(cfg, 'ce_weight')}")
-    if not temperature > 0:
-        problems.append(f"temperature must be > 0, got {temperature}")
-    components = cfg_get(cfg, "components") or {}
-    for name, comp in components.items():
-        ctype, fn = cfg_get(comp, "type", "response"), cfg_get(comp, "fn", "kl")
-        if ctype not in COMPONENT_FNS:
-            problems.append(unknown_choice_message("component type", ctype, list(COMPONENT_FNS), f"component {name!r}"))
+    if cfg.alpha < 0:
+        problems.append(f"alpha must be >= 0, got {cfg.alpha}")
+    if cfg.ce_weight < 0:
+        problems.append(f"ce_weight must be >= 0, got {cfg.ce_weight}")
+    if not cfg.temperature > 0:
+        problems.append(f"temperature must be > 0, got {cfg.temperature}")
+    for name, comp in cfg.components.items():
+        if comp.type not in COMPONENT_TYPES:
+            problems.append(unknown_choice_message("component type", comp.type, COMPONENT_TYPES.names(),
+                                                   f"component {name!r}"))
             continue
-        if fn not in COMPONENT_FNS[ctype]:
-            problems.append(unknown_choice_message("loss fn", fn, COMPONENT_FNS[ctype].names(), f"component {name!r}"))
-        if float(cfg_get(comp, "weight", 1.0)) < 0:
-            problems.append(f"component {name!r}: weight must be >= 0, got {cfg_get(comp, 'weight')}")
-        beta, skew = float(cfg_get(comp, "beta", 0.5)), float(cfg_get(comp, "skew", 0.1))
-        if not 0.0 <= beta <= 1.0:
-            problems.append(f"component {name!r}: beta must be in [0, 1], got {beta}")
-        if not 0.0 <= skew < 1.0:
-            problems.append(f"component {name!r}: skew must be in [0, 1), got {skew}")
-        chunk = cfg_get(comp, "chunk_size")
-        if chunk is not None and int(chunk) <= 0:
-            problems.append(f"component {name!r}: chunk_size must be a positive row count or null, got {chunk}")
-        tail = cfg_get(comp, "topk_tail", "renormalize")
-        if tail not in TOPK_TAILS:
-            problems.append(unknown_choice_message("topk_tail", tail, list(TOPK_TAILS), f"component {name!r}"))
-    schedule = cfg_get(cfg, "schedule")
-    if schedule is not None:
-        problems += _schedule_problems(schedule, list(components))
-    _raise(f"loss config {cfg_get(cfg, 'name', '')!r}", problems)
+        fns = COMPONENT_TYPES.get(comp.type).fns
+        if comp.fn is not None and comp.fn not in fns:
+            problems.append(unknown_choice_message("loss fn", comp.fn, fns.names(), f"component {name!r}"))
+        if comp.weight < 0:
+            problems.append(f"component {name!r}: weight must be >= 0, got {comp.weight}")
+        if not 0.0 <= comp.beta <= 1.0:
+            problems.append(f"component {name!r}: beta must be in [0, 1], got {comp.beta}")
+        if not 0.0 <= comp.skew < 1.0:
+            problems.append(f"component {name!r}: skew must be in [0, 1), got {comp.skew}")
+        if comp.chunk_size is not None and comp.chunk_size <= 0:
+            problems.append(f"component {name!r}: chunk_size must be a positive row count or null, got {comp.chunk_size}")
+        if comp.topk_tail not in TOPK_TAILS:
+            problems.append(unknown_choice_message("topk_tail", comp.topk_tail, list(TOPK_TAILS), f"component {name!r}"))
+    if cfg.schedule is not None:
+        problems += _schedule_problems(cfg.schedule, list(cfg.components))
+    _raise(f"loss config {cfg.name!r}", problems)
 
 
 def validate_layer_map_config(cfg: Any) -> None:

@@ -1,6 +1,6 @@
 """One model forward, turned into the :class:`~farlab.losses.base.ModelView` the losses read.
 
-Shared by the student side of :class:`~farlab.models.pair.DistillationModule` and the in-process
+Shared by the student side of :class:`~farlab.trainer.pair.DistillationModule` and the in-process
 teacher backend, so both models of a pair are always run the same way.
 """
 

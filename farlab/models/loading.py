@@ -11,43 +11,22 @@ import copy
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForImageTextToText,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    PreTrainedModel,
-)
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 
-from farlab.config import ConfigError
-from farlab.losses.objective import ModelShape
-from farlab.registry import Registry
+from farlab.data.kinds import Head
+from farlab.errors import ConfigError
+from farlab.losses.base import ModelShape
+from farlab.registry import Registry, unknown_choice_message
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Head:
-    """Which Auto class builds a model for a task kind, and the config fields it needs."""
-
-    auto_class: Any
-    config_fields: dict[str, Any] = field(default_factory=dict)
-
-
-HEADS: Registry[Callable[[Any], Head]] = Registry("task kind")
-HEADS.add("classification", lambda data: Head(AutoModelForSequenceClassification, {"num_labels": data.num_labels}))
-HEADS.add("causal_lm", lambda data: Head(AutoModelForCausalLM))
-HEADS.add("vision_lm", lambda data: Head(AutoModelForImageTextToText))  # Qwen2-VL/Qwen3-VL ...ForConditionalGeneration
-
-
 def head_for(data: Any) -> Head:
-    return HEADS.get(data.kind)(data)
+    return data.task_kind.head(data)
 
 
 ModelBuilder = Callable[..., PreTrainedModel]
@@ -158,6 +137,59 @@ def spec_shape(spec: Any, head: Head, teacher: ModelShape | None = None) -> Mode
         fields = spec_config_fields(spec)
         return ModelShape.from_hf_config(AutoConfig.for_model(fields.pop("model_type"), **fields))
     return ModelShape.from_hf_config(AutoConfig.from_pretrained(spec.path))
+
+
+def model_problems(model_cfg: Any) -> list[str]:
+    """Model-free checks of a ``model`` pair: sources, LoRA settings, and the student's blocks against the
+    teacher's depth, read from the teacher's config alone (no weights load)."""
+    problems = []
+    for role in ("teacher", "student"):
+        spec = model_cfg[role]
+        if spec.source not in MODEL_SOURCES:
+            problems.append(unknown_choice_message(f"model.{role}.source", spec.source, MODEL_SOURCES.names()))
+        if spec.source == "pretrained" and spec.path is None:
+            problems.append(f"model.{role}.source=pretrained needs model.{role}.path")
+        if spec.source == "config" and (spec.config is None or "model_type" not in spec.config):
+            problems.append(f"model.{role}.source=config needs model.{role}.config with a model_type")
+        lora = spec.lora
+        if lora.r < 0:
+            problems.append(f"model.{role}.lora.r={lora.r} must be >= 0 (0 = no LoRA)")
+        if lora.r > 0 and lora.alpha <= 0:
+            problems.append(f"model.{role}.lora.alpha={lora.alpha} must be > 0")
+        if not 0 <= lora.dropout < 1:
+            problems.append(f"model.{role}.lora.dropout={lora.dropout} must be in [0, 1)")
+    if model_cfg.teacher.source == "from_teacher":
+        problems.append("model.teacher.source cannot be from_teacher")
+    student = model_cfg.student
+    if student.source == "from_teacher" and not problems:
+        problems += _init_block_problems(list(student.init_blocks or []), model_cfg.teacher)
+    return problems
+
+
+def _init_block_problems(blocks: list[int], teacher_spec: Any) -> list[str]:
+    if not blocks:
+        return ["model.student.source=from_teacher needs model.student.init_blocks, e.g. [1, 3, 5]"]
+    if any(int(b) < 1 for b in blocks):
+        return [f"model.student.init_blocks={blocks}: blocks are numbered from 1 (0 is the embedding output)"]
+    try:
+        depth = spec_depth(teacher_spec)
+    except (OSError, ValueError):
+        return []  # an unreadable teacher config is reported when the teacher loads, with the loader's message
+    bad = [b for b in blocks if b > depth]
+    if bad:
+        return [f"model.student.init_blocks={blocks}: blocks {bad} out of range; the teacher has {depth} blocks "
+                f"(valid: 1..{depth})"]
+    return []
+
+
+def spec_depth(spec: Any) -> int:
+    """Number of blocks of a ``pretrained`` or ``config`` model, from its config alone."""
+    if spec.source == "config":
+        fields = spec_config_fields(spec)
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    else:
+        config = AutoConfig.from_pretrained(spec.path)
+    return ModelShape.from_hf_config(config).num_layers
 
 
 def fit_student_vocab(student: PreTrainedModel, tokenizer: Any) -> None:

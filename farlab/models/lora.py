@@ -5,22 +5,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel
 
-from farlab.registry import Registry
+from farlab.data.kinds import TASK_KINDS
+from farlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PEFT_TASK_TYPES: Registry[TaskType] = Registry("task kind")
-PEFT_TASK_TYPES.add("classification", TaskType.SEQ_CLS)  # keeps the fresh classifier head trainable
-PEFT_TASK_TYPES.add("causal_lm", TaskType.CAUSAL_LM)
-PEFT_TASK_TYPES.add("vision_lm", TaskType.CAUSAL_LM)  # the VLM forward takes pixel_values etc. as kwargs
-
-
 def apply_lora(model: PreTrainedModel, lora: Any, kind: str) -> PeftModel:
     config = LoraConfig(
-        task_type=PEFT_TASK_TYPES.get(kind),
+        task_type=TASK_KINDS.get(kind).peft_task_type,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
@@ -31,8 +26,6 @@ def apply_lora(model: PreTrainedModel, lora: Any, kind: str) -> PeftModel:
     except ValueError as err:
         if config.target_modules is not None:
             raise
-        from farlab.config import ConfigError
-
         raise ConfigError(
             f"PEFT has no default LoRA target modules for model_type {model.config.model_type!r}; set "
             "model.student.lora.target_modules (and model.teacher's), e.g. [q_proj, k_proj, v_proj, o_proj]"

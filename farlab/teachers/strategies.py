@@ -16,13 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, set_seed
 
 from farlab.data.base import TaskData
-from farlab.losses.objective import build_objective
-from farlab.losses.spec import LossConfig
-from farlab.models.loading import head_for, model_shape
-from farlab.models.pair import DistillationModule
-from farlab.registry import Registry
+from farlab.losses.plan import LossPlan
+from farlab.models.loading import build_model, check_vocab, head_for
+from farlab.registry import Registry, unknown_choice_message
 from farlab.teachers.store import TeacherStore
-from farlab.trainer.fit import FitSettings, make_trainer
+
+# (model, data, tokenizer, out_dir) -> None: fine-tune ``model`` with CE alone into ``out_dir``. The trainer
+# layer provides it (farlab.trainer.sft.sft_fine_tuner); teachers sit below the trainer and never import it.
+FineTune = Callable[[PreTrainedModel, TaskData, Any, Path], None]
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +35,12 @@ class TeacherContext:
     data: TaskData
     tokenizer: Any
     attn_implementation: str | None
+    plan: LossPlan
+    fine_tune: FineTune | None = None  # needed by the sft init only
 
     def base(self) -> PreTrainedModel:
         """The base teacher, built (seeded as in train.py) the first time a strategy needs it."""
         if self.base_teacher is None:
-            from farlab.models.loading import build_model, check_vocab
-
             set_seed(self.cfg.seed)
             self.base_teacher = build_model(self.cfg.model.teacher, head_for(self.data), self.attn_implementation)
             check_vocab(self.base_teacher, self.tokenizer, "teacher")
@@ -61,7 +62,14 @@ def _sft(ctx: TeacherContext) -> PreTrainedModel:
     store = TeacherStore(cfg.teacher_strategy.store_dir)
     material = sft_store_material(cfg)
     name = f"{cfg.task.name}-{cfg.model.teacher.name}-seed{cfg.seed}"
-    path, _ = store.get_or_train(name, material, lambda out: train_sft_teacher(ctx, out))
+    if ctx.fine_tune is None:
+        raise RuntimeError("teacher_strategy.init=sft needs TeacherContext.fine_tune (farlab.trainer.sft)")
+
+    def train(out: Path) -> None:
+        set_seed(cfg.seed)
+        ctx.fine_tune(ctx.base(), ctx.data, ctx.tokenizer, out)
+
+    path, _ = store.get_or_train(name, material, train)
     kwargs = {"attn_implementation": ctx.attn_implementation} if ctx.attn_implementation else {}
     return head_for(ctx.data).auto_class.from_pretrained(path, **kwargs)
 
@@ -77,24 +85,21 @@ def sft_store_material(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def train_sft_teacher(ctx: TeacherContext, out_dir: Path) -> None:
-    """Fine-tune the base teacher with CE alone, by the same Trainer the students use."""
-    cfg = ctx.cfg
-    set_seed(cfg.seed)
-    ce_only = OmegaConf.structured(LossConfig(name="ce", alpha=0.0, components={}))
-    objective = build_objective(ce_only, cfg.layer_map, cfg.projection, model_shape(ctx.base()), None)
-    pair = DistillationModule(ctx.base(), None, objective, kind=ctx.data.kind)
-    recipe = cfg.teacher_strategy.recipe
-    settings = FitSettings.from_config(
-        recipe,
-        logging_steps=cfg.train.logging_steps,
-        progress_bar=cfg.train.progress_bar,
-        save_checkpoints=False,
-    )
-    trainer = make_trainer(pair, ctx.data, ctx.tokenizer, out_dir / "run", settings, cfg.seed)
-    trainer.train()
-    ctx.base().save_pretrained(out_dir)
-    ctx.tokenizer.save_pretrained(out_dir)
+def strategy_problems(ts: Any, plan: Any) -> list[str]:
+    """Model-free checks of ``teacher_strategy`` against the run's :class:`~farlab.losses.plan.LossPlan`."""
+    problems = []
+    if ts.init not in TEACHER_INITS:
+        problems.append(unknown_choice_message("teacher_strategy.init", ts.init, TEACHER_INITS.names()))
+    if ts.trainable and plan.chunk_size is not None:
+        problems.append(
+            f"loss {plan.config.name!r} sets a response chunk_size, which a co-trained teacher "
+            f"(teacher_strategy={ts.name}) cannot use: its output head would get gradients through the "
+            "distillation targets. Set loss.components.response.chunk_size=null or use a frozen teacher")
+    if ts.cotrain.ce_weight < 0:
+        problems.append(f"teacher_strategy.cotrain.ce_weight={ts.cotrain.ce_weight} must be >= 0")
+    if ts.cotrain.learning_rate is not None and ts.cotrain.learning_rate <= 0:
+        problems.append(f"teacher_strategy.cotrain.learning_rate={ts.cotrain.learning_rate} must be > 0 or null")
+    return problems
 
 
 def prepare_teacher(ctx: TeacherContext) -> PreTrainedModel:

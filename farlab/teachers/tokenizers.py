@@ -25,9 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from farlab.data.kinds import TASK_KINDS
+from farlab.errors import ConfigError
 from farlab.losses.base import ModelView, TopK
 from farlab.losses.divergences import NEG_LOGIT
-from farlab.registry import Registry
+from farlab.models.loading import load_tokenizer
+from farlab.registry import Registry, unknown_choice_message
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +86,21 @@ def sample_texts(data: Any, tokenizer: Any, n: int = SAMPLE_SIZE) -> list[str]:
     return [t for t in (tok.decode(r, skip_special_tokens=True) for r in rows) if t.strip()]
 
 
-def check_tokenizers(cfg: Any, tokenizer: Any, data: Any, needs_teacher: bool) -> TokenizerReport | None:
-    """Compare ``model.teacher_tokenizer`` with the student's; refuse response losses when they disagree."""
-    from farlab.config import ConfigError
-    from farlab.models.loading import load_tokenizer
-
-    path = cfg.model.get("teacher_tokenizer")
-    if path is None or not needs_teacher:
+def check_tokenizers(model_cfg: Any, plan: Any, tokenizer: Any, data: Any) -> TokenizerReport | None:
+    """Compare ``model.teacher_tokenizer`` with the student's; refuse distribution losses when they disagree."""
+    path = model_cfg.get("teacher_tokenizer")
+    if path is None or not plan.needs_teacher:
         return None
     report = compare_tokenizers(tokenizer, load_tokenizer(path), sample_texts(data, tokenizer))
     if report.same_encodings:
         if report.student_size != report.teacher_size:
             log.info("teacher and student tokenizers agree on the sample and on special tokens (%s); logit widths "
-                     "are reconciled by model.vocab_align=%s", report.describe(), cfg.model.vocab_align)
+                     "are reconciled by model.vocab_align=%s", report.describe(), model_cfg.vocab_align)
         return report
-    response = [n for n, c in (cfg.loss.components or {}).items() if c.type == "response"]
+    response = plan.distribution_components
     if response:
         raise ConfigError(
-            f"the teacher's tokenizer ({path}) differs from the student's ({cfg.model.tokenizer}): "
+            f"the teacher's tokenizer ({path}) differs from the student's ({model_cfg.tokenizer}): "
             f"{report.describe()}. "
             f"Response losses ({', '.join(response)}) compare next-token distributions id by id and need one "
             "vocabulary: use a shared tokenizer (model.teacher_tokenizer=null, a teacher trained on the student's "
@@ -118,19 +118,17 @@ def check_tokenizers(cfg: Any, tokenizer: Any, data: Any, needs_teacher: bool) -
 
 def logit_width(model: Any, kind: str) -> int:
     """Width of a model's output distribution: its LM head's rows, or its number of labels."""
-    if kind == "classification":
+    if not TASK_KINDS.get(kind).vocabulary_logits:
         return int(model.config.num_labels)
     head = model.get_output_embeddings()
     return int(head.weight.shape[0]) if head is not None else int(model.config.get_text_config().vocab_size)
 
 
-def check_logit_widths(cfg: Any, student_width: int, teacher_width: int | None) -> None:
-    """Refuse mismatched widths before training when ``model.vocab_align=error`` and a response loss runs."""
-    from farlab.config import ConfigError
-
-    if teacher_width is None or teacher_width == student_width or cfg.model.vocab_align != "error":
+def check_logit_widths(vocab_align: str, plan: Any, student_width: int, teacher_width: int | None) -> None:
+    """Refuse mismatched widths before training when ``model.vocab_align=error`` and a distribution loss runs."""
+    if teacher_width is None or teacher_width == student_width or vocab_align != "error":
         return
-    response = [n for n, c in (cfg.loss.components or {}).items() if c.type == "response"]
+    response = plan.distribution_components
     if response:
         raise ConfigError(
             f"the student's logits have {student_width} entries but the teacher's have {teacher_width}; response "
@@ -198,4 +196,8 @@ def _pad(s: ModelView, t: ModelView) -> tuple[ModelView, ModelView]:
 
 def vocab_aligner(mode: str, kind: str) -> VocabAlign | None:
     """The aligner for a run: None for classifiers (logits are labels, not a vocabulary)."""
-    return None if kind == "classification" else VOCAB_ALIGN.get(mode)
+    return VOCAB_ALIGN.get(mode) if TASK_KINDS.get(kind).vocabulary_logits else None
+
+
+def vocab_align_problems(mode: str) -> list[str]:
+    return [] if mode in VOCAB_ALIGN else [unknown_choice_message("model.vocab_align", mode, VOCAB_ALIGN.names())]

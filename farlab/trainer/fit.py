@@ -16,8 +16,9 @@ import torch
 from transformers import TrainerCallback, TrainingArguments
 
 from farlab.config import TrainConfig
+from farlab.registry import unknown_choice_message
 from farlab.data.base import TaskData
-from farlab.models.pair import DistillationModule
+from farlab.trainer.pair import DistillationModule
 from farlab.trainer.trainer import DistillationTrainer
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,29 @@ class FitSettings(TrainConfig):
         fields = {k: node[k] for k in cls.__dataclass_fields__ if k in node}
         fields.update(overrides)
         return cls(**fields)
+
+
+WANDB_MODES = ("disabled", "offline", "online")
+
+
+def train_problems(train_cfg: Any, wandb_cfg: Any) -> list[str]:
+    """Model-free checks of ``train`` and ``wandb``."""
+    tr, problems = train_cfg, []
+    if tr.batch_size < 1:
+        problems.append(f"train.batch_size={tr.batch_size} must be >= 1")
+    if tr.learning_rate <= 0:
+        problems.append(f"train.learning_rate={tr.learning_rate} must be > 0")
+    if not (tr.epochs > 0 or tr.max_steps > 0):
+        problems.append("set train.epochs > 0 or train.max_steps > 0")
+    if tr.grad_accum_steps < 1:
+        problems.append(f"train.grad_accum_steps={tr.grad_accum_steps} must be >= 1")
+    if tr.eval_steps is not None and tr.eval_steps < 0:
+        problems.append(f"train.eval_steps={tr.eval_steps} must be >= 1 (or null/0: evaluate only after training)")
+    if tr.bf16 and tr.fp16:
+        problems.append("train.bf16 and train.fp16 are mutually exclusive")
+    if wandb_cfg.mode not in WANDB_MODES:
+        problems.append(unknown_choice_message("wandb.mode", wandb_cfg.mode, list(WANDB_MODES)))
+    return problems
 
 
 def make_trainer(

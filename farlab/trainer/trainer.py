@@ -20,7 +20,7 @@ from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput
 
-from farlab.models.pair import DistillationModule
+from farlab.trainer.pair import DistillationModule
 from farlab.trainer import checkpoints
 
 EXTRAS_FILE = "farlab_extras.safetensors"  # projections and a co-trained teacher, beside the student

@@ -69,9 +69,9 @@ def test_on_policy_batches_are_prompt_plus_the_students_sample(compose_cfg, stor
 
 
 def test_gkd_is_refused_where_it_cannot_work(compose_cfg, store_dir):
-    from farlab.config import validate_config
+    from farlab.validate import validate_config
 
     with pytest.raises(ConfigError, match="lambda_=1.5 must be in"):
         validate_config(compose_cfg(_overrides(store_dir, **{"loss.gkd.lambda_": 1.5})))
     with pytest.raises(ConfigError, match="no cache holds"):
-        validate_config(compose_cfg(_overrides(store_dir, **{"teacher.backend": "cache"})))
+        validate_config(compose_cfg(_overrides(store_dir, **{"teacher": "cache"})))

@@ -29,13 +29,13 @@ def test_cache_runs_match_the_in_process_teacher_and_reuse_skips_it(compose_cfg,
     reference = _overrides(store_dir, cache_dir)
     want = execute(compose_cfg(reference), tmp_path / "hf", reference)
 
-    cached = _overrides(store_dir, cache_dir, **{"teacher.backend": "cache"})
+    cached = _overrides(store_dir, cache_dir, **{"teacher": "cache"})
     built = execute(compose_cfg(cached), tmp_path / "build", cached)
     entries = [p for p in cache_dir.iterdir() if p.is_dir()]
     assert len(entries) == 1 and (entries[0] / "COMPLETE").is_file()
 
     monkeypatch.setattr("farlab.train.prepare_teacher", lambda ctx: pytest.fail("the teacher must not load"))
-    reuse = _overrides(store_dir, cache_dir, **{"teacher.backend": "cache", "teacher.cache.build": False})
+    reuse = _overrides(store_dir, cache_dir, **{"teacher": "cache", "teacher.cache.build": False})
     reused = execute(compose_cfg(reuse), tmp_path / "reuse", reuse)
 
     for got in (built, reused):
@@ -50,7 +50,7 @@ def test_cache_runs_match_the_in_process_teacher_and_reuse_skips_it(compose_cfg,
 
 @pytest.mark.slow
 def test_the_cache_cli_builds_what_train_then_uses(compose_cfg, tmp_path, store_dir):
-    overrides = _overrides(store_dir, tmp_path / "cache", **{"teacher.backend": "cache"})
+    overrides = _overrides(store_dir, tmp_path / "cache", **{"teacher": "cache"})
     proc = subprocess.run([sys.executable, "-m", "farlab.teachers.cache", *overrides], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,7 +21,7 @@ from farlab.data import build_task_data
 from farlab.losses.base import DistillBatch, ModelView
 from farlab.losses.response import ResponseLoss
 from farlab.models.loading import Head, build_model
-from farlab.models.pair import MASKS
+from farlab.data.kinds import TASK_KINDS
 from farlab.teachers.backends.hf import HFBackend
 from farlab.teachers.backends.openai import OpenAIBackend, make_client
 from farlab.teachers.openai_client import TeacherServerError
@@ -94,7 +94,7 @@ def server(teacher_folder, tmp_path) -> Iterator[Server]:
 
 
 def test_server_topk_equals_the_in_process_teacher_batch_by_batch(shared_server, teacher_folder, compose_cfg, tmp_path):
-    cfg = compose_cfg(overrides(tmp_path, teacher_folder, **{"teacher.backend": "openai",
+    cfg = compose_cfg(overrides(tmp_path, teacher_folder, **{"teacher": "openai",
                                                             "teacher.openai.base_url": shared_server.base_url}))
     data = build_task_data(cfg.task, AutoTokenizer.from_pretrained(teacher_folder), cfg.seed)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_folder).eval()
@@ -103,7 +103,7 @@ def test_server_topk_equals_the_in_process_teacher_batch_by_batch(shared_server,
     for batch in list(DataLoader(data.train, batch_size=8, collate_fn=data.collator))[:2]:
         flags = dict(hidden_states=False, attentions=False, grad=False, detach=True)
         a, b = hf(batch, **flags).view.topk, remote(batch, **flags).view.topk
-        token_mask, response = MASKS.get("causal_lm")(batch)
+        token_mask, response = TASK_KINDS.get("causal_lm").masks(batch)
         rows = response.bool()
         assert torch.equal(a.ids[rows], b.ids[rows])
         torch.testing.assert_close(a.logprobs[rows], b.logprobs[rows], rtol=0, atol=1e-5)
@@ -119,7 +119,7 @@ def test_prompt_lists_give_the_same_topk_in_fewer_requests(shared_server, teache
     answers, requests = {}, {}
     for per_request in (1, 3):
         cfg = compose_cfg(overrides(tmp_path, teacher_folder, **{
-            "teacher.backend": "openai", "teacher.openai.base_url": shared_server.base_url,
+            "teacher": "openai", "teacher.openai.base_url": shared_server.base_url,
             "teacher.openai.prompts_per_request": per_request}))
         data = build_task_data(cfg.task, AutoTokenizer.from_pretrained(teacher_folder), cfg.seed)
         client = make_client(cfg, data.tokenizer)
@@ -142,7 +142,7 @@ def test_prompt_lists_give_the_same_topk_in_fewer_requests(shared_server, teache
 def test_kd_through_the_server_equals_kd_with_the_in_process_teacher(shared_server, teacher_folder, compose_cfg,
                                                                     tmp_path):
     local = overrides(tmp_path / "store", teacher_folder)
-    remote = overrides(tmp_path / "store", teacher_folder, **{"teacher.backend": "openai",
+    remote = overrides(tmp_path / "store", teacher_folder, **{"teacher": "openai",
                                                               "teacher.openai.base_url": shared_server.base_url})
     a = execute(compose_cfg(local), tmp_path / "hf", local)
     b = execute(compose_cfg(remote), tmp_path / "openai", remote)
@@ -169,7 +169,7 @@ def test_a_server_killed_mid_run_gives_retries_then_a_clear_error_and_the_checkp
     monkeypatch.setattr(OpenAIBackend, "__call__", kill_on_third_step)
     run_dir = tmp_path / "run"
     ovr = overrides(tmp_path / "store", teacher_folder, **{
-        "teacher.backend": "openai", "teacher.openai.base_url": server.base_url, "teacher.openai.max_retries": 2,
+        "teacher": "openai", "teacher.openai.base_url": server.base_url, "teacher.openai.max_retries": 2,
         "teacher.openai.backoff_s": 0.05, "teacher.openai.max_backoff_s": 0.1, "train.max_steps": 6})
     caplog.set_level("WARNING", logger="farlab.teachers.openai_client")
     with pytest.raises(TeacherServerError, match=r"did not answer after 3 attempts.*Is it running"):

@@ -9,9 +9,10 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from farlab.config import REPO_ROOT
 from farlab.losses.objective import ModelShape, build_objective
-from farlab.models.pair import DistillationModule
+from farlab.losses.spec import LossConfig
+from farlab.trainer.pair import DistillationModule
+from tests.conftest import load_group
 
 LLAMA = dict(vocab_size=97, intermediate_size=48, max_position_embeddings=64, tie_word_embeddings=False)
 
@@ -24,7 +25,7 @@ def _llama(layers: int, hidden: int, seed: int) -> torch.nn.Module:
 
 
 def _pair(chunk_size: int | None, loss: str) -> DistillationModule:
-    cfg = OmegaConf.load(REPO_ROOT / "conf" / "loss" / f"{loss}.yaml")
+    cfg = load_group("loss", loss, LossConfig)
     cfg.components.response.chunk_size = chunk_size
     objective = build_objective(
         cfg, OmegaConf.create({"strategy": "uniform"}), OmegaConf.create({"type": "linear"}),

@@ -9,7 +9,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from farlab.config import REPO_ROOT, ConfigError, validate_config
+from farlab.config import REPO_ROOT, ConfigError
+from farlab.validate import validate_config
 from farlab.data import DataError
 from tests.conftest import tiny_overrides
 
@@ -28,7 +29,7 @@ from tests.conftest import tiny_overrides
         ({"loss.components.response.fn": "kll"}, ConfigError, r"kll.*did you mean 'kl'"),
         ({"train.bf16": True, "train.fp16": True}, ConfigError, "mutually exclusive"),
         (
-            {"teacher.backend": "openai", "teacher.openai.prompts_per_request": 0},
+            {"teacher": "openai", "teacher.openai.prompts_per_request": 0},
             ConfigError,
             r"teacher.openai.prompts_per_request=0 must be >= 1",
         ),

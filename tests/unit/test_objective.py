@@ -16,6 +16,7 @@ from farlab.losses.spec import (
     validate_projection_config,
 )
 from farlab.losses.testing import fake_batch
+from tests.conftest import load_group
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 STUDENT, TEACHER = ModelShape(2, 4, 2), ModelShape(4, 6, 3)
@@ -23,7 +24,7 @@ NAMES = {"r": "response", "f": "feature", "a": "attention"}
 
 
 def load(group: str, name: str, schema):
-    return OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(CONF / group / f"{name}.yaml"))
+    return load_group(group, name, schema)
 
 
 def build(name: str, layer_map: str = "uniform", projection: str = "linear"):

@@ -4,19 +4,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from farlab.losses.objective import ModelShape, build_objective
 from farlab.losses.spec import LayerMapConfig, LossConfig, ProjectionConfig
 from farlab.losses.staged import Phase, Schedule
 from farlab.losses.testing import fake_batch
+from tests.conftest import load_group
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 STUDENT, TEACHER = ModelShape(2, 4, 2), ModelShape(4, 6, 3)
 
 
 def build(name: str):
-    cfg = OmegaConf.merge(OmegaConf.structured(LossConfig), OmegaConf.load(CONF / "loss" / f"{name}.yaml"))
+    cfg = load_group("loss", name, LossConfig)
     return build_objective(cfg, LayerMapConfig(), ProjectionConfig(), STUDENT, TEACHER)
 
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, set_seed
 
-from farlab.config import ConfigError, validate_config
+from farlab.errors import ConfigError
+from farlab.validate import validate_config
 from farlab.losses.objective import build_objective
 from farlab.models.loading import Head, build_model, model_shape
 from farlab.losses.base import DistillBatch
 from farlab.models.forward import accepted_inputs, output_view as _view
-from farlab.models.pair import DistillationModule
+from farlab.trainer.pair import DistillationModule
 from tests.conftest import tiny_overrides
 
 
@@ -48,15 +49,15 @@ def test_default_hf_backend_is_bitwise_the_direct_teacher_call(compose_cfg, stor
     ("extra", "pattern"),
     [
         ({"teacher.backend": "vllm"}, r"unknown teacher.backend 'vllm'.*cache, hf, openai"),
-        ({"teacher.backend": "openai", "loss": "combined_fr"}, r"feature losses need the teacher's hidden states"),
-        ({"teacher.backend": "openai", "loss": "attention_kl"}, r"attention losses need the teacher's attention maps"),
-        ({"teacher.backend": "cache", "loss": "attention_kl"}, r"cache stores .* not attention maps"),
-        ({"teacher.backend": "cache", "loss": "feature_mse"}, r"teacher.cache.hidden_states=true"),
-        ({"teacher.backend": "cache", "teacher_strategy": "cotrain_base"}, r"co-trains the teacher.*stale"),
+        ({"teacher": "openai", "loss": "combined_fr"}, r"feature losses need the teacher's hidden states"),
+        ({"teacher": "openai", "loss": "attention_kl"}, r"attention losses need the teacher's attention maps"),
+        ({"teacher": "cache", "loss": "attention_kl"}, r"cache stores .* not attention maps"),
+        ({"teacher": "cache", "loss": "feature_mse"}, r"teacher.cache.hidden_states=true"),
+        ({"teacher": "cache", "teacher_strategy": "cotrain_base"}, r"co-trains the teacher.*stale"),
         ({"teacher.top_k": 5, "loss": "response_mse"}, r"fn=mse compares raw logits"),
         ({"teacher.top_k": 0}, r"teacher.top_k=0 must be >= 1"),
-        ({"teacher.cache.dtype": "int8", "teacher.backend": "cache"}, r"unknown teacher.cache.dtype 'int8'"),
-        ({"teacher.openai.base_url": "localhost:8000", "teacher.backend": "openai"}, r"must start with http"),
+        ({"teacher.cache.dtype": "int8", "teacher": "cache"}, r"unknown teacher.cache.dtype 'int8'"),
+        ({"teacher.openai.base_url": "localhost:8000", "teacher": "openai"}, r"must start with http"),
         ({"model.vocab_align": "crop"}, r"unknown model.vocab_align 'crop'.*truncate"),
     ],
 )
@@ -66,6 +67,6 @@ def test_backend_combinations_a_backend_cannot_serve_are_refused(compose_cfg, st
 
 
 def test_valid_backend_configs_pass(compose_cfg, store_dir):
-    for extra in ({"teacher.backend": "cache", "loss": "combined_fr", "teacher.cache.hidden_states": True},
-                  {"teacher.backend": "openai"}, {"teacher.top_k": 20, "loss": "combined_far"}):
+    for extra in ({"teacher": "cache", "loss": "combined_fr", "teacher.cache.hidden_states": True},
+                  {"teacher": "openai"}, {"teacher.top_k": 20, "loss": "combined_far"}):
         validate_config(compose_cfg(tiny_overrides(store_dir, **extra)))

@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
     overrides = tiny_overrides(root / "store", task="europarl_en_fr", model="tiny_llama",
                                teacher_strategy="frozen_base",
                                **{"task.train_limit": 20, "task.eval_limit": 4, "task.max_length": 64,
-                                  "teacher.backend": "cache", "teacher.top_k": K, "teacher.cache.dir": str(root),
+                                  "teacher": "cache", "teacher.top_k": K, "teacher.cache.dir": str(root),
                                   "teacher.cache.dtype": "float32"})
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)

@@ -11,8 +11,8 @@ from farlab.config import REPO_ROOT
 from farlab.data import DataError, build_task_data, validate_task_config
 from farlab.losses.base import DistillBatch, ModelView
 from farlab.losses.objective import ModelShape, build_objective
-from farlab.models.pair import MASKS
-from tests.conftest import SHARED_DATA
+from farlab.data.kinds import TASK_KINDS
+from tests.conftest import load_group, SHARED_DATA
 
 TOKENIZER = AutoTokenizer.from_pretrained(REPO_ROOT / "farlab" / "assets" / "tiny_bpe_enfr")
 EUROPARL = SHARED_DATA / "europarl_en_fr"
@@ -94,11 +94,11 @@ def test_changing_teacher_outputs_at_prompt_positions_leaves_every_term_unchange
     torch.manual_seed(0)
     labels = torch.tensor([[-100, -100, -100, 7, 8, 2, -100], [-100, -100, 5, 6, 2, -100, -100]])
     batch = {"labels": labels, "attention_mask": (labels != -100).long() | torch.tensor([[1] * 7, [1] * 5 + [0] * 2])}
-    token_mask, response_mask = MASKS.get("causal_lm")(batch)
+    token_mask, response_mask = TASK_KINDS.get("causal_lm").masks(batch)
     assert response_mask[0].tolist() == [0, 0, 1, 1, 1, 0, 0]  # logit t predicts token t+1
     assert token_mask[1].tolist() == [0, 0, 1, 1, 1, 0, 0]
 
-    loss_cfg = OmegaConf.load(REPO_ROOT / "conf" / "loss" / "combined_fr.yaml")
+    loss_cfg = load_group("loss", "combined_fr")
     layer_map = OmegaConf.create({"strategy": "uniform"})
     projection = OmegaConf.create({"type": "linear", "layernorm": False})
     objective = build_objective(loss_cfg, layer_map, projection, ModelShape(2, 8, 2), ModelShape(4, 16, 4))

@@ -1,7 +1,7 @@
 """The interface every teacher backend implements: a training batch in, a teacher :class:`ModelView` out.
 
 A backend hides *where* teacher outputs come from (the in-process model, a cache on disk, a server), so
-:class:`~farlab.models.pair.DistillationModule` and every loss stay the same whichever one a run uses.
+:class:`~farlab.trainer.pair.DistillationModule` and every loss stay the same whichever one a run uses.
 Dense teachers fill ``ModelView.logits``; sparse ones fill ``ModelView.topk`` with the teacher's *untempered*
 (T = 1) top-k log-probs, which the response loss softens itself (:func:`farlab.losses.divergences.topk_logprobs`).
 """

@@ -41,19 +41,6 @@ class CacheBackend(TeacherBackend):
         return TeacherOutput(view=view, loss=None, forwards=0)
 
 
-def mapped_teacher_layers(cfg: Any, student_shape: Any, teacher_shape: Any) -> list[int]:
-    """Teacher layers the run's feature components read (what the cache must store)."""
-    from farlab.losses.layer_map import build_layer_map
-
-    components = cfg.loss.components or {}
-    if not any(c.type == "feature" for c in components.values()):
-        return []
-    lm = cfg.layer_map
-    pairs = build_layer_map(lm.strategy, student_shape.num_layers, teacher_shape.num_layers, n=lm.n,
-                            pairs=None if lm.pairs is None else [list(p) for p in lm.pairs])
-    return sorted({int(t) for _, t in pairs})
-
-
 def prepare_cache(ctx: Any, load_teacher: Callable[[Any], Any], force_build: bool = False) -> PreparedTeacher:
     """Find (or build) the entry for this run, and the teacher's eval metrics for this eval set."""
     from farlab.eval.loop import evaluate_model
@@ -66,7 +53,8 @@ def prepare_cache(ctx: Any, load_teacher: Callable[[Any], Any], force_build: boo
     t_shape = spec_shape(cfg.model.teacher, head)
     layers = []
     if cfg.teacher.cache.hidden_states:
-        layers = mapped_teacher_layers(cfg, spec_shape(cfg.model.student, head, teacher=t_shape), t_shape)
+        s_shape = spec_shape(cfg.model.student, head, teacher=t_shape)
+        layers = ctx.plan.hidden_teacher_layers(cfg.layer_map, s_shape, t_shape)
     key = cache_key(cfg, data, k, layers)
     entry = entry_path(cfg, key)
     loaded: dict[str, Any] = {}
@@ -97,7 +85,7 @@ def prepare_cache(ctx: Any, load_teacher: Callable[[Any], Any], force_build: boo
     )
 
 
-def validate_cache(cfg: Any) -> list[str]:
+def validate_cache(cfg: Any, plan: Any) -> list[str]:
     from farlab.registry import unknown_choice_message
     from farlab.teachers.cache import CODECS
 
@@ -107,11 +95,7 @@ def validate_cache(cfg: Any) -> list[str]:
         problems.append(unknown_choice_message("teacher.cache.dtype", c.dtype, CODECS.names()))
     if c.batch_size < 1:
         problems.append(f"teacher.cache.batch_size={c.batch_size} must be >= 1")
-    types = {comp.type for comp in (cfg.loss.components or {}).values()}
-    if "attention" in types:
-        problems.append("teacher.backend=cache stores top-k log-probs and hidden states, not attention maps; "
-                        "attention losses need teacher.backend=hf")
-    if "feature" in types and not c.hidden_states:
+    if plan.needs_hidden_states and not c.hidden_states:
         problems.append("feature losses with teacher.backend=cache need the teacher's hidden states in the cache: "
                         "set teacher.cache.hidden_states=true (stores the layers the layer map uses)")
     gkd = cfg.loss.get("gkd")

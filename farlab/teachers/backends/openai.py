@@ -75,11 +75,11 @@ def make_client(cfg: Any, tokenizer: Any) -> CompletionsClient:
 
 def prepare_openai(ctx: Any, load_teacher: Any = None) -> PreparedTeacher:
     """A client for the configured server; the teacher model is never loaded here (``load_teacher`` unused)."""
-    from farlab.config import ConfigError
+    from farlab.errors import ConfigError
     from farlab.losses.objective import ModelShape
     from farlab.models.loading import head_for, spec_shape
 
-    if ctx.data.kind != "causal_lm":
+    if not ctx.data.task_kind.decoder_only:
         raise ConfigError(f"teacher.backend=openai serves decoder-only teachers; task {ctx.data.name!r} is "
                           f"{ctx.data.kind!r}: use teacher.backend=hf or cache")
     cfg = ctx.cfg
@@ -94,7 +94,7 @@ def prepare_openai(ctx: Any, load_teacher: Any = None) -> PreparedTeacher:
                            make_backend=lambda _teacher: OpenAIBackend(client, k), info={"client": client})
 
 
-def validate_openai(cfg: Any) -> list[str]:
+def validate_openai(cfg: Any, plan: Any) -> list[str]:
     o = cfg.teacher.openai
     problems = []
     if not str(o.base_url).startswith(("http://", "https://")):
@@ -110,9 +110,4 @@ def validate_openai(cfg: Any) -> list[str]:
     if o.backoff_s < 0 or o.max_backoff_s < o.backoff_s:
         problems.append(f"teacher.openai backoff: need 0 <= backoff_s ({o.backoff_s}) "
                         f"<= max_backoff_s ({o.max_backoff_s})")
-    types = {c.type for c in (cfg.loss.components or {}).values()}
-    for t in sorted(types & {"feature", "attention"}):
-        problems.append(f"{t} losses need the teacher's {'hidden states' if t == 'feature' else 'attention maps'}, "
-                        "which an OpenAI-compatible server cannot return: use teacher.backend=hf (or cache with "
-                        "teacher.cache.hidden_states=true for feature losses), or response-only losses")
     return problems

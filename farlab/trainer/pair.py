@@ -18,36 +18,9 @@ from transformers import PreTrainedModel
 from farlab.losses.base import DistillBatch
 from farlab.losses.objective import DistillationObjective
 from farlab.models.forward import run_model
-from farlab.registry import Registry
+from farlab.data.kinds import TASK_KINDS
 from farlab.teachers.backends.base import TeacherBackend
 from farlab.teachers.backends.hf import HFBackend
-
-Masks = tuple[Tensor, Tensor | None]  # (token_mask [B, T], response_mask [B, T] or None)
-MASKS: Registry = Registry("task kind")
-
-
-@MASKS.register("classification")
-def _classifier_masks(batch: dict[str, Tensor]) -> Masks:
-    """Logits are [B, C]: no response mask; features and attention use every real token."""
-    return batch["attention_mask"], None
-
-
-@MASKS.register("causal_lm")
-def _lm_masks(batch: dict[str, Tensor]) -> Masks:
-    """Only target tokens count (labels != -100): prompt and padding are masked for every term.
-
-    The logit at position t predicts token t + 1, so the response mask is the target mask shifted
-    left by one; hidden states and attention rows use the target positions themselves.
-    """
-    target = batch["labels"] != -100
-    response = torch.zeros_like(target)
-    response[:, :-1] = target[:, 1:]
-    return target.long(), response.long()
-
-
-# Vision-language answers are masked like causal LM targets (image and prompt tokens carry label -100).
-MASKS.add("vision_lm", _lm_masks)
-
 
 class DistillationModule(nn.Module):
     # The Trainer must scale our loss for gradient accumulation itself.
@@ -73,12 +46,13 @@ class DistillationModule(nn.Module):
         self.student = student
         self.teacher = teacher
         self.objective = objective
-        self.masks = MASKS.get(kind)
+        task_kind = TASK_KINDS.get(kind)
+        self.masks = task_kind.masks
         self.teacher_trainable = teacher_trainable and teacher is not None
         self.teacher_ce_weight = teacher_ce_weight
         self.detach_targets = detach_targets
         # Causal LMs with a chunked response loss never build the full [B, T, V] logits.
-        self.chunk_size = objective.lm_chunk_size if kind == "causal_lm" else None
+        self.chunk_size = objective.lm_chunk_size if task_kind.decoder_only else None
         default_backend = HFBackend(teacher, chunk_size=self.chunk_size) if teacher is not None else None
         self.teacher_backend = backend if backend is not None else default_backend
         self.vocab_align, self.on_policy = vocab_align, on_policy
