@@ -23,7 +23,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from farlab.config import REPO_ROOT, ConfigError  # ConfigError: also farlab.errors (issue 10's new home)
+from farlab.config import REPO_ROOT
+from farlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

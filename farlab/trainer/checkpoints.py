@@ -85,7 +85,7 @@ KEEP_CHECKPOINTS = ("all", "last", "none")
 
 def check_retention(keep_checkpoints: str, keep_final: bool) -> None:
     """Refuse a bad ``train.keep_checkpoints``/``train.keep_final`` before the run starts (not after hours of it)."""
-    from farlab.config import ConfigError  # also farlab.errors (issue 10's new home)
+    from farlab.errors import ConfigError
     from farlab.registry import unknown_choice_message
 
     if keep_checkpoints not in KEEP_CHECKPOINTS:

@@ -43,13 +43,14 @@ ConfigStore.instance().store(group="hydra/sweeper", name="farlab", node=FarlabSw
 
 
 def needs_teacher(loss_cfg: Any) -> bool:
-    """Whether a composed loss config distils from a teacher: alpha > 0 and at least one component.
+    """Whether a composed loss config distils from a teacher, asked of the plan the run itself decides with.
 
-    The single place that decides it for sweeps: the same rule as ``LossPlan.needs_teacher`` in
-    farlab/losses/plan.py, the run's own decision. To make the sweeper ask the plan itself, this body becomes
-    ``return LossPlan.from_config(loss_cfg).needs_teacher`` (imported here, inside the function: it loads torch).
+    Imported here, not at the top: Hydra imports this module in every Hydra app, and the plan loads torch.
+    An invalid loss config raises ValueError: the job is then kept (see :func:`canonical_form`) and fails on its own.
     """
-    return bool(loss_cfg.alpha > 0 and loss_cfg.components)
+    from farlab.losses.plan import LossPlan
+
+    return LossPlan.from_config(loss_cfg).needs_teacher
 
 
 def canonical_form(cfg: DictConfig) -> str | None:

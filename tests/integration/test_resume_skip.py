@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from farlab.config import ConfigError
+from farlab.errors import ConfigError
 from farlab.run_record import completed_run
 from farlab.trainer import checkpoints
 from farlab.trainer.signals import Preempted
