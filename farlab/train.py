@@ -25,11 +25,9 @@ from farlab.eval.transfer import transfer_gap
 from farlab.losses.gkd import build_on_policy
 from farlab.losses.objective import build_objective
 from farlab.losses.plan import LossPlan
+from farlab.models.loading import build_student as build_initial_student
 from farlab.models.loading import (
-    build_model,
-    check_vocab,
     export_student,
-    fit_student_vocab,
     head_for,
     load_tokenizer,
     model_shape,
@@ -81,22 +79,10 @@ class Setup:
 
 def build_student(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan,
                   attn: str | None) -> tuple[PreTrainedModel, PreTrainedModel | None]:
-    """The student, and the base teacher when it is needed now (in-process KD, or a student copied from it).
-
-    The student is built from the teacher's *base* weights, so every teacher strategy starts the student
-    from the same point.
-    """
-    head = head_for(data)
-    set_seed(cfg.seed)
-    base_teacher = None
+    """The student, and the base teacher when it is needed now (in-process KD, or a student copied from it)."""
     in_process = TEACHER_BACKENDS.get(cfg.teacher.backend).in_process
-    if (plan.needs_teacher and in_process) or cfg.model.student.source == "from_teacher":
-        base_teacher = build_model(cfg.model.teacher, head, attn)
-        check_vocab(base_teacher, tokenizer, "teacher")
-    set_seed(cfg.seed)
-    student = build_model(cfg.model.student, head, attn, teacher=base_teacher)
-    fit_student_vocab(student, tokenizer)
-    return student, base_teacher
+    need_base_teacher = plan.needs_teacher and in_process
+    return build_initial_student(cfg, head_for(data), tokenizer, attn, need_base_teacher=need_base_teacher)
 
 
 def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan, attn: str | None) -> Setup:
@@ -209,6 +195,8 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
 
     fitted = fit(cfg, setup, data, tokenizer, run_dir, stop or GracefulStop())
     student = export_student(setup.pair.student, tokenizer, run_dir / "final")
+    if setup.pair.teacher_trainable:  # the post-training teacher the student learned from (read by the workbench)
+        setup.teacher = export_student(setup.teacher, tokenizer, run_dir / "final_teacher")
     post = {"student": evaluate_model(student, data, eval_bs, "post-eval student", progress)}
     if setup.teacher is not None and setup.pair.teacher_trainable:
         post["teacher"] = evaluate_model(setup.teacher, data, eval_bs, "post-eval teacher", progress)

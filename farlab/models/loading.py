@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, set_seed
 
 from farlab.data.kinds import Head
 from farlab.errors import ConfigError
@@ -120,6 +120,26 @@ def build_model(spec: Any, head: Head, attn_implementation: str | None, **extra:
     model = MODEL_SOURCES.get(spec.source)(spec, head, attn_implementation, **extra)
     log.info("built %s (%s): %.1fM parameters", spec.name, spec.source, model.num_parameters() / 1e6)
     return model
+
+
+def build_student(cfg: Any, head: Head, tokenizer: Any, attn_implementation: str | None,
+                  need_base_teacher: bool) -> tuple[PreTrainedModel, PreTrainedModel | None]:
+    """The run's student before training, and the base teacher when it is needed now (``need_base_teacher``:
+    in-process KD) or the student is copied from it.
+
+    Seeded with ``cfg.seed`` exactly as a run builds them, so the workbench rebuilds the same initial student
+    (and the same fresh head of a base teacher). The student starts from the teacher's *base* weights, so every
+    teacher strategy starts it from the same point.
+    """
+    set_seed(cfg.seed)
+    base_teacher = None
+    if need_base_teacher or cfg.model.student.source == "from_teacher":
+        base_teacher = build_model(cfg.model.teacher, head, attn_implementation)
+        check_vocab(base_teacher, tokenizer, "teacher")
+    set_seed(cfg.seed)
+    student = build_model(cfg.model.student, head, attn_implementation, teacher=base_teacher)
+    fit_student_vocab(student, tokenizer)
+    return student, base_teacher
 
 
 def model_shape(model: PreTrainedModel) -> ModelShape:

@@ -106,7 +106,8 @@ def prune_completed_run(run_dir: str | os.PathLike, keep_checkpoints: str, keep_
     Checkpoints exist to resume a live run; once ``metrics.json`` and ``final/`` are written they only cost disk.
     ``all`` keeps them (nothing removed), ``last`` keeps the newest complete ``checkpoint-N``, ``none`` removes
     every one; incomplete leftovers and the staging dir go in both cases. ``keep_final=False`` also removes
-    ``final/`` (the exported student), leaving only the metrics and bookkeeping files.
+    ``final/`` (the exported student) and ``final_teacher/`` (a co-trained teacher), leaving only the metrics and
+    bookkeeping files.
     Never call it on a preempted or failed run: its checkpoints are what it resumes from.
     """
     check_retention(keep_checkpoints, keep_final)
@@ -122,9 +123,10 @@ def prune_completed_run(run_dir: str | os.PathLike, keep_checkpoints: str, keep_
         if (root / STAGING_DIR).exists():
             shutil.rmtree(root / STAGING_DIR, ignore_errors=True)
             removed.append(root / STAGING_DIR)
-    if not keep_final and (root / "final").exists():
-        shutil.rmtree(root / "final", ignore_errors=True)
-        removed.append(root / "final")
+    for final in ("final", "final_teacher") if not keep_final else ():  # final_teacher: a co-trained teacher
+        if (root / final).exists():
+            shutil.rmtree(root / final, ignore_errors=True)
+            removed.append(root / final)
     if removed:
         log.info("keep_checkpoints=%s keep_final=%s: removed %s from %s", keep_checkpoints, keep_final,
                  ", ".join(p.name for p in removed), root)
