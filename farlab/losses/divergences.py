@@ -11,7 +11,7 @@ Conventions
   ``log_softmax``/``logaddexp`` only. Logits are floored at ``NEG_LOGIT`` (finite), so an input ``-inf``
   (masked vocabulary rows) can never create ``0 * inf`` -> NaN. No ``-inf`` sentinel is used anywhere.
 * Temperature: both sides are softened by ``T``. The KL family (``kl``, ``reverse_kl``, ``jsd``,
-  ``symmetric_kl``, ``skew_kl``, ``skew_reverse_kl``, ``ce``) is multiplied by ``T**2`` so gradient size
+  ``symmetric_kl``, ``mixed_kl``, ``skew_kl``, ``skew_reverse_kl``, ``ce``) is multiplied by ``T**2`` so gradient size
   does not shrink with ``T`` (Hinton et al. 2015). ``tvd`` is *not* scaled (it is a bounded distance in
   [0, 1]). ``mse`` and ``cosine`` act on the raw logits and ignore ``T``.
 * ``jsd`` follows TRL's ``GKDTrainer.generalized_jsd_loss`` exactly: ``beta == 0`` is forward KL
@@ -19,6 +19,9 @@ Conventions
   ``m = beta * p_t + (1 - beta) * p_s`` it is ``beta * KL(p_t || m) + (1 - beta) * KL(p_s || m)``.
   (As in TRL the endpoints are special cases: the mixture formula itself tends to 0 at beta -> 0/1.)
   TRL does not multiply by ``T**2``; farlab does, so ``farlab = T**2 * trl``.
+* ``mixed_kl`` is the linear blend ``(1 - mix) KL(p_t || p_s) + mix KL(p_s || p_t)`` (the "lambda-balanced"
+  forward/reverse KL); ``mix`` 0 is ``kl``, 1 is ``reverse_kl``, 0.5 is ``symmetric_kl``. Unlike ``jsd`` it
+  compares the two distributions directly, with no mixture distribution in between.
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def kl_probs(p: Tensor, q: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 # --------------------------------------------------------------------------- log-prob space
-# Signature: f(student_logp, teacher_logp, *, beta, skew) -> per-position values (no T**2 yet).
+# Signature: f(student_logp, teacher_logp, *, beta, skew, mix) -> per-position values (no T**2 yet).
 
 
 def _forward_kl(ls: Tensor, lt: Tensor, **_: float) -> Tensor:
@@ -134,6 +137,14 @@ def _jsd(ls: Tensor, lt: Tensor, *, beta: float = 0.5, **_: float) -> Tensor:
         return kl_logprobs(ls, lt)
     lm = log_mixture(lt, ls, beta)
     return beta * kl_logprobs(lt, lm) + (1.0 - beta) * kl_logprobs(ls, lm)
+
+
+def _mixed_kl(ls: Tensor, lt: Tensor, *, mix: float = 0.5, **_: float) -> Tensor:
+    if mix <= 0.0:  # the endpoints exactly (and one KL instead of two)
+        return kl_logprobs(lt, ls)
+    if mix >= 1.0:
+        return kl_logprobs(ls, lt)
+    return (1.0 - mix) * kl_logprobs(lt, ls) + mix * kl_logprobs(ls, lt)
 
 
 def _symmetric_kl(ls: Tensor, lt: Tensor, **_: float) -> Tensor:
@@ -190,6 +201,7 @@ for _d in (
     Divergence("reverse_kl", on_logprobs=_reverse_kl),
     Divergence("jsd", on_logprobs=_jsd),
     Divergence("symmetric_kl", on_logprobs=_symmetric_kl),
+    Divergence("mixed_kl", on_logprobs=_mixed_kl),
     Divergence("tvd", on_logprobs=_tvd, temperature_squared=False),
     Divergence("skew_kl", on_logprobs=_skew_forward_kl),
     Divergence("skew_reverse_kl", on_logprobs=_skew_reverse_kl),
@@ -208,6 +220,7 @@ def divergence_from_logprobs(
     temperature: float = 1.0,
     beta: float = 0.5,
     skew: float = 0.1,
+    mix: float = 0.5,
 ) -> Tensor:
     """Apply divergence ``name`` to already-softened log-probs (top-k path); adds the ``T**2`` factor."""
     d = DIVERGENCES.get(name)
@@ -217,7 +230,7 @@ def divergence_from_logprobs(
             f"loss fn {name!r} compares raw logits and needs the teacher's full logits, not top-k "
             f"log-probs; fns that work with a top-k teacher: {', '.join(valid)}"
         )
-    values = d.on_logprobs(student_logp, teacher_logp, beta=beta, skew=skew)
+    values = d.on_logprobs(student_logp, teacher_logp, beta=beta, skew=skew, mix=mix)
     return values * temperature**2 if d.temperature_squared else values
 
 
@@ -229,6 +242,7 @@ def divergence(
     temperature: float = 1.0,
     beta: float = 0.5,
     skew: float = 0.1,
+    mix: float = 0.5,
 ) -> Tensor:
     """Per-position divergence ``name`` between full logits ``[..., V]`` -> ``[...]`` (float32)."""
     d = DIVERGENCES.get(name)
@@ -240,7 +254,7 @@ def divergence(
     if d.on_logits is not None:
         return d.on_logits(floor_logits(student_logits), floor_logits(teacher_logits))
     ls, lt = soften(student_logits, temperature), soften(teacher_logits, temperature)
-    return divergence_from_logprobs(name, ls, lt, temperature=temperature, beta=beta, skew=skew)
+    return divergence_from_logprobs(name, ls, lt, temperature=temperature, beta=beta, skew=skew, mix=mix)
 
 
 # --------------------------------------------------------------------------- named shortcuts
@@ -266,6 +280,11 @@ def generalized_jsd(
 def symmetric_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """``T^2 (KL(p_t||p_s) + KL(p_s||p_t)) / 2``."""
     return divergence("symmetric_kl", student_logits, teacher_logits, temperature=temperature)
+
+
+def mixed_kl(student_logits: Tensor, teacher_logits: Tensor, mix: float = 0.5, temperature: float = 1.0) -> Tensor:
+    """``T^2 ((1 - mix) KL(p_t||p_s) + mix KL(p_s||p_t))``: mix 0 forward KL, 1 reverse KL."""
+    return divergence("mixed_kl", student_logits, teacher_logits, temperature=temperature, mix=mix)
 
 
 def total_variation(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:

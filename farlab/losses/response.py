@@ -42,7 +42,7 @@ from farlab.losses.divergences import (
     topk_logprobs,
 )
 
-RESPONSE_FNS = DIVERGENCES  # kl reverse_kl jsd symmetric_kl tvd skew_kl skew_reverse_kl ce mse cosine
+RESPONSE_FNS = DIVERGENCES  # kl reverse_kl jsd symmetric_kl mixed_kl tvd skew_kl skew_reverse_kl ce mse cosine
 
 TeacherTarget = Tensor | TopK
 
@@ -56,7 +56,7 @@ class ResponseLoss(LossComponent):
 
     @classmethod
     def from_config(cls, comp: Any, ctx: BuildContext) -> ResponseLoss:
-        return cls(fn=comp.fn, temperature=ctx.temperature, beta=comp.beta, skew=comp.skew,
+        return cls(fn=comp.fn, temperature=ctx.temperature, beta=comp.beta, skew=comp.skew, mix=comp.mix,
                    chunk_size=comp.chunk_size, topk_tail=comp.topk_tail)
 
     def __init__(
@@ -65,6 +65,7 @@ class ResponseLoss(LossComponent):
         temperature: float = 2.0,
         beta: float = 0.5,
         skew: float = 0.1,
+        mix: float = 0.5,
         chunk_size: int | None = None,
         topk_tail: str = "renormalize",
     ) -> None:
@@ -74,7 +75,7 @@ class ResponseLoss(LossComponent):
             raise ValueError(f"unknown topk_tail {topk_tail!r}; valid: {', '.join(TOPK_TAILS)}")
         if chunk_size is not None and chunk_size <= 0:
             raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}")
-        self.fn, self.temperature, self.beta, self.skew = fn, temperature, beta, skew
+        self.fn, self.temperature, self.beta, self.skew, self.mix = fn, temperature, beta, skew, mix
         self.chunk_size, self.topk_tail = chunk_size, topk_tail
         self.teacher_entropy: Tensor | None = None  # detached, set by every forward
 
@@ -94,7 +95,7 @@ class ResponseLoss(LossComponent):
 
     def _values_and_entropy(self, student_logits: Tensor, teacher: TeacherTarget) -> tuple[Tensor, Tensor]:
         """Per-position loss and per-position entropy of the teacher's softened target (detached)."""
-        kw = dict(temperature=self.temperature, beta=self.beta, skew=self.skew)
+        kw = {"temperature": self.temperature, "beta": self.beta, "skew": self.skew, "mix": self.mix}
         if isinstance(teacher, TopK):
             ls, lt = topk_logprobs(
                 student_logits, teacher.ids, teacher.logprobs, temperature=self.temperature, tail=self.topk_tail

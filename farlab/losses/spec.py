@@ -26,14 +26,18 @@ from farlab.registry import unknown_choice_message
 
 @dataclass
 class ComponentConfig:
-    """One loss term. ``beta`` is used by ``jsd``, ``skew`` by ``skew_kl``/``skew_reverse_kl``,
-    ``chunk_size`` (rows per chunk; None = dense) and ``topk_tail`` by response components only."""
+    """One loss term. ``beta`` is used by ``jsd``, ``skew`` by ``skew_kl``/``skew_reverse_kl``, ``mix`` by ``mixed_kl``,
+    ``chunk_size`` (rows per chunk; None = dense) and ``topk_tail`` by response components only.
+
+    ``mix`` is its own field rather than ``beta`` because the two mean different things at 0 < x < 1: ``jsd``'s
+    beta weights a mixture distribution, ``mixed_kl``'s lambda linearly weights two KLs (only the endpoints agree)."""
 
     type: str = "response"  # a COMPONENT_TYPES name: response | feature | attention | ...
     fn: Optional[str] = None  # None = the type's default_fn (response kl, feature mse, attention kl)
     weight: float = 1.0
     beta: float = 0.5
     skew: float = 0.1
+    mix: float = 0.5  # mixed_kl: (1 - mix) KL(p_t || p_s) + mix KL(p_s || p_t); 0 = kl, 1 = reverse_kl
     chunk_size: Optional[int] = None
     topk_tail: str = "renormalize"  # renormalize | bucket
 
@@ -161,6 +165,8 @@ def validate_loss_config(cfg: Any) -> None:
             problems.append(f"component {name!r}: beta must be in [0, 1], got {comp.beta}")
         if not 0.0 <= comp.skew < 1.0:
             problems.append(f"component {name!r}: skew must be in [0, 1), got {comp.skew}")
+        if not 0.0 <= comp.mix <= 1.0:
+            problems.append(f"component {name!r}: mix (mixed_kl's lambda) must be in [0, 1], got {comp.mix}")
         if comp.chunk_size is not None and comp.chunk_size <= 0:
             problems.append(f"component {name!r}: chunk_size must be a positive row count or null, got {comp.chunk_size}")
         if comp.topk_tail not in TOPK_TAILS:

@@ -12,7 +12,7 @@ from farlab.losses import divergences as D
 from farlab.losses.divergences import DIVERGENCES, divergence, masked_mean, topk_logprobs
 
 T = 2.0
-BETA, SKEW = 0.3, 0.2
+BETA, SKEW, MIX = 0.3, 0.2, 0.3
 
 
 def _p(x: np.ndarray, t: float = T) -> np.ndarray:
@@ -32,6 +32,7 @@ REFERENCES = {
         + (1 - BETA) * _kl(_p(s), BETA * _p(t) + (1 - BETA) * _p(s))
     ),
     "symmetric_kl": lambda s, t: T**2 * 0.5 * (_kl(_p(t), _p(s)) + _kl(_p(s), _p(t))),
+    "mixed_kl": lambda s, t: T**2 * ((1 - MIX) * _kl(_p(t), _p(s)) + MIX * _kl(_p(s), _p(t))),
     "tvd": lambda s, t: 0.5 * np.abs(_p(t) - _p(s)).sum(-1),
     "skew_kl": lambda s, t: T**2 * _kl(_p(t), SKEW * _p(t) + (1 - SKEW) * _p(s)),
     "skew_reverse_kl": lambda s, t: T**2 * _kl(_p(s), SKEW * _p(s) + (1 - SKEW) * _p(t)),
@@ -39,12 +40,12 @@ REFERENCES = {
     "mse": lambda s, t: ((s - t) ** 2).mean(-1),
     "cosine": lambda s, t: 1 - (s * t).sum(-1) / (np.linalg.norm(s, axis=-1) * np.linalg.norm(t, axis=-1)),
 }
-KL_FAMILY = ["kl", "reverse_kl", "jsd", "symmetric_kl", "skew_kl", "skew_reverse_kl"]
+KL_FAMILY = ["kl", "reverse_kl", "jsd", "symmetric_kl", "mixed_kl", "skew_kl", "skew_reverse_kl"]
 
 
 def _div(name, s, t, **kw):
     return divergence(name, s, t, temperature=kw.pop("temperature", T), beta=kw.pop("beta", BETA),
-                      skew=kw.pop("skew", SKEW))
+                      skew=kw.pop("skew", SKEW), mix=kw.pop("mix", MIX))
 
 
 def test_every_registered_divergence_has_a_reference():
@@ -85,8 +86,8 @@ def test_extreme_logits_are_finite(name):
             assert (v >= -1e-3).all()
 
 
-@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "symmetric_kl", "tvd", "skew_kl", "skew_reverse_kl",
-                                  "mse", "cosine"])
+@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd", "symmetric_kl", "mixed_kl", "tvd", "skew_kl",
+                                  "skew_reverse_kl", "mse", "cosine"])
 def test_identical_distributions_give_zero(name):
     x = torch.randn(6, 13) * 5
     torch.testing.assert_close(_div(name, x, x.clone()), torch.zeros(6), atol=2e-5, rtol=0)
@@ -168,7 +169,7 @@ def test_topk_with_full_vocab_equals_dense(name, tail):
     s, t = torch.randn(3, 4, 12, generator=g) * 2, torch.randn(3, 4, 12, generator=g) * 2
     lp, ids = torch.log_softmax(t, -1).sort(-1, descending=True)
     ls, lt = topk_logprobs(s, ids, lp, temperature=T, tail=tail)
-    sparse = D.divergence_from_logprobs(name, ls, lt, temperature=T, beta=BETA, skew=SKEW)
+    sparse = D.divergence_from_logprobs(name, ls, lt, temperature=T, beta=BETA, skew=SKEW, mix=MIX)
     torch.testing.assert_close(sparse, _div(name, s, t), rtol=1e-5, atol=1e-5)
 
 

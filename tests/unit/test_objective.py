@@ -15,7 +15,7 @@ from farlab.losses.spec import (
     validate_loss_config,
     validate_projection_config,
 )
-from farlab.losses.testing import fake_batch
+from tests.fakes import fake_batch
 from tests.conftest import load_group
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -43,7 +43,7 @@ def test_every_group_yaml_validates_and_matches_its_file_name():
         validate_projection_config(load("projection", path.stem, ProjectionConfig))
     expected = {"ce", "combined_ce", "attention_kl", "feature_mse", "feature_cosine", "staged_r_then_f",
                 "staged_ramp_features", "gkd"} | {f"response_{f}" for f in
-                                           ["kl", "reverse_kl", "mse", "cosine", "ce", "jsd", "symmetric_kl", "tvd"]}
+                                           ["kl", "reverse_kl", "mse", "cosine", "ce", "jsd", "symmetric_kl", "mixed_kl", "tvd"]}
     expected |= {f"combined_{k}" for k in ["f", "a", "r", "fr", "fa", "ar", "far"]}
     assert {p.stem for p in (CONF / "loss").glob("*.yaml")} == expected
 
