@@ -29,6 +29,21 @@ def load_group(group: str, name: str, schema: Any = None) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(schema), node) if schema is not None else node
 
 
+def glue_layout(name: str) -> Any:
+    """The column layout conf/task/<name>.yaml declares, as farlab.data.glue reads it."""
+    from farlab.data.glue import GlueLayout
+
+    return GlueLayout(**OmegaConf.to_container(load_group("task", name).layout))
+
+
+def glue_task(**fields: Any) -> DictConfig:
+    """A GLUE task node as a shipped conf/task YAML gives it (layout and metrics), ``fields`` on top."""
+    shipped = fields.get("name") in ("cola", "sst2", "mnli", "qqp")
+    base = {k: v for k, v in OmegaConf.to_container(load_group("task", fields["name"])).items()
+            if k in ("layout", "metrics")} if shipped else {}
+    return OmegaConf.create({**base, "family": "glue", **fields})
+
+
 def tiny_overrides(store: Path, **extra: object) -> list[str]:
     """A run that finishes in seconds: tiny BERTs, 64 CoLA rows, 4 optimizer steps."""
     base = {

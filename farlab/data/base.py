@@ -44,7 +44,11 @@ class TaskData:
     primary_metric: str
     eval_split_name: str = "dev"
     tokenizer: Any = None
-    info: dict[str, Any] = field(default_factory=dict)
+    generation: GenerationConfig | None = None  # how generation tasks decode their eval prompts
+    prompt_collator: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None  # vision: eval prompts, left-padded
+    normalize: Callable[[str], str] | None = None  # text normaliser applied to predictions and references
+    extra_eval: dict[str, datasets.Dataset] = field(default_factory=dict)  # more eval splits by name (farlab.eval.extra)
+    info: dict[str, Any] = field(default_factory=dict)  # counts for logs and tests; nothing decides on these
 
     @property
     def num_labels(self) -> int:

@@ -1,12 +1,11 @@
 """GLUE classification tasks read from local TSVs in GLUE's own layout.
 
-File layouts are facts about GLUE, so they live here as :data:`GLUE_LAYOUTS`; what a user may
-change (data dir, lengths, limits, metrics) lives in ``conf/task/<name>.yaml`` checked against
-:class:`GlueTaskConfig`.
+Everything about one task (its TSV column layout, label set, standard metrics, data dir, lengths, limits) lives in
+``conf/task/<name>.yaml`` checked against :class:`GlueTaskConfig`: a new task in GLUE's format is one YAML file.
 
 Two options shape the splits beyond the files: ``task.class_ratio`` subsamples the *training* rows per class
 to a seeded imbalanced set (:func:`class_ratio_subset`), and ``task.extra_eval_files`` evaluates more files of
-the data dir next to the primary eval split (``TaskData.info["extra_eval"]``, see :mod:`farlab.eval.extra`).
+the data dir next to the primary eval split (``TaskData.extra_eval``, see :mod:`farlab.eval.extra`).
 """
 
 from __future__ import annotations
@@ -26,50 +25,31 @@ from transformers import DataCollatorWithPadding
 
 from farlab.errors import DataError
 from farlab.data.base import TaskData, check_eval_settings, typed_config
-from farlab.registry import unknown_choice_message
 
 csv.field_size_limit(sys.maxsize)
 log = logging.getLogger(__name__)
 RATIO_TOLERANCE = 1e-6
 
 
-@dataclass(frozen=True)
+@dataclass
 class GlueLayout:
-    """Where a GLUE task keeps its columns. Columns are header names, or indices when headerless."""
+    """Where a GLUE-style TSV keeps its columns: part of each task's YAML (``task.layout``), so a new task in
+    GLUE's format is one YAML file. Columns are header names, or 0-based indices when ``header`` is false."""
 
-    text_columns: tuple[str | int, ...]
-    label_column: str | int
-    labels: tuple[str, ...]  # raw label strings in class-id order
-    header: bool
-    eval_files: tuple[str, ...]  # first one that exists is the evaluation split
-    metrics: tuple[str, ...]
-    primary_metric: str
+    text_columns: list[Any] = field(default_factory=list)  # one (single sentence) or two (pair) columns
+    label_column: Any = None
+    labels: list[str] = field(default_factory=list)  # raw label strings in class-id order
+    header: bool = True
+    eval_files: list[str] = field(default_factory=lambda: ["dev.tsv"])  # first one that exists is the eval split
     train_file: str = "train.tsv"
-
-
-GLUE_LAYOUTS: dict[str, GlueLayout] = {
-    "cola": GlueLayout((3,), 1, ("0", "1"), False, ("dev.tsv",), ("mcc", "accuracy"), "mcc"),
-    "sst2": GlueLayout(("sentence",), "label", ("0", "1"), True, ("dev.tsv",), ("accuracy", "f1"), "accuracy"),
-    "mnli": GlueLayout(
-        ("sentence1", "sentence2"),
-        "gold_label",
-        ("entailment", "neutral", "contradiction"),
-        True,
-        ("dev_matched.tsv", "dev.tsv"),
-        ("accuracy",),
-        "accuracy",
-    ),
-    "qqp": GlueLayout(
-        ("question1", "question2"), "is_duplicate", ("0", "1"), True, ("dev.tsv",), ("accuracy", "f1"), "accuracy"
-    ),
-}
 
 
 @dataclass
 class GlueTaskConfig:
     name: str = "cola"
     family: str = "glue"
-    glue_task: str = "${.name}"  # which layout in GLUE_LAYOUTS
+    glue_task: str = "${.name}"  # the subset name on the hub (hub_name)
+    layout: GlueLayout = field(default_factory=GlueLayout)
     data_dir: Optional[str] = None  # local folder in GLUE's layout
     hub_name: Optional[str] = None  # e.g. "nyu-mll/glue"; used only when data_dir is null (online machines)
     max_length: int = 128
@@ -79,8 +59,8 @@ class GlueTaskConfig:
     class_ratio: Optional[list[float]] = None
     eval_limit: Optional[int] = None
     validation_fraction: float = 0.1  # held out of train when the data dir has no dev split
-    metrics: list[str] = field(default_factory=list)  # empty = the task's standard metrics
-    primary_metric: Optional[str] = None
+    metrics: list[str] = field(default_factory=list)  # the task YAML states its standard metrics
+    primary_metric: Optional[str] = None  # null = the first of metrics
     # More eval files in data_dir, each evaluated like the primary split (metrics.json "extra_eval", by stem)
     extra_eval_files: list[str] = field(default_factory=list)  # e.g. [dev_mismatched.tsv] for MNLI
 
@@ -93,7 +73,7 @@ class GlueHandler:
     def validate(self, task_cfg: DictConfig) -> None:
         cfg = typed_task_config(task_cfg)
         layout = self._layout(cfg)
-        check_eval_settings(list(cfg.metrics or layout.metrics), cfg.primary_metric or layout.primary_metric)
+        check_eval_settings(list(cfg.metrics), cfg.primary_metric)
         if not 0 < cfg.validation_fraction < 1:
             raise DataError(f"task.validation_fraction={cfg.validation_fraction} must be in (0, 1)")
         if cfg.max_length < 8:
@@ -145,23 +125,31 @@ class GlueHandler:
             eval=_tokenize(eval_rows, tokenizer, cfg.max_length),
             collator=DataCollatorWithPadding(tokenizer),
             label_names=list(layout.labels),
-            metrics=list(cfg.metrics or layout.metrics),
-            primary_metric=cfg.primary_metric or layout.primary_metric,
+            metrics=list(cfg.metrics),
+            primary_metric=cfg.primary_metric or cfg.metrics[0],
             eval_split_name=eval_name,
             tokenizer=tokenizer,
             info={
                 "train_rows": len(train_rows),
                 "eval_rows": len(eval_rows),
                 "train_class_counts": _class_counts(train_rows, layout.labels),
-                "extra_eval": extra,
             },
+            extra_eval=extra,
         )
 
     @staticmethod
     def _layout(cfg: GlueTaskConfig) -> GlueLayout:
-        if cfg.glue_task not in GLUE_LAYOUTS:
-            raise DataError(unknown_choice_message("GLUE task", cfg.glue_task, list(GLUE_LAYOUTS)))
-        return GLUE_LAYOUTS[cfg.glue_task]
+        layout = cfg.layout
+        missing = [k for k, empty in (("text_columns", not layout.text_columns),
+                                      ("label_column", layout.label_column is None), ("labels", not layout.labels))
+                   if empty]
+        if missing:
+            raise DataError(f"task {cfg.name!r}: task.layout needs {', '.join(missing)} (where the TSV keeps its "
+                            "text and label columns; see conf/task/cola.yaml)")
+        if len(layout.text_columns) > 2:
+            raise DataError(f"task {cfg.name!r}: task.layout.text_columns={list(layout.text_columns)}: one column, "
+                            "or two for sentence pairs")
+        return layout
 
     def _load_rows(self, cfg: GlueTaskConfig, layout: GlueLayout, seed: int) -> tuple[list, list, str]:
         if cfg.data_dir is None:

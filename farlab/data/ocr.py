@@ -470,13 +470,10 @@ class OCRHandler:
             primary_metric=cfg.primary_metric or cfg.metrics[0],
             eval_split_name=cfg.eval_split,
             tokenizer=processor,
-            info={
-                "dropped_empty_text": dropped,
-                "split_sizes": {k: len(v) for k, v in splits.items()},
-                "generation": vars(cfg.generation),
-                "prompt_collator": VisionPromptCollator(encoder),
-                "normalize": NORMALIZERS.get(cfg.normalize),
-            },
+            generation=cfg.generation,
+            prompt_collator=VisionPromptCollator(encoder),
+            normalize=NORMALIZERS.get(cfg.normalize),
+            info={"dropped_empty_text": dropped, "split_sizes": {k: len(v) for k, v in splits.items()}},
         )
 
 

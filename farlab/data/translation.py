@@ -108,8 +108,8 @@ class TranslationHandler:
                 "dropped_empty_pairs": len(pairs) - len(kept),
                 "dropped_duplicate_pairs": len(kept) - len(unique),
                 "split_sizes": {k: len(v) for k, v in splits.items()},
-                "generation": vars(cfg.generation),
             },
+            generation=cfg.generation,
         )
 
 

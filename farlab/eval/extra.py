@@ -1,6 +1,6 @@
 """Extra evaluation splits: the same models scored on more files of the task (e.g. MNLI dev_mismatched).
 
-A task handler puts them in ``TaskData.info["extra_eval"]`` as ``{name: tokenized split}`` (GLUE:
+A task handler puts them in ``TaskData.extra_eval`` as ``{name: tokenized split}`` (GLUE:
 ``task.extra_eval_files``, keyed by file stem). The primary eval split stays what ``metrics["pre"]`` and
 ``metrics["post"]`` report; the extra splits go to ``metrics["extra_eval"][name][stage][role]`` with the same
 entries (task metrics, and calibration for classifiers). See docs/run_dir.md.
@@ -24,7 +24,7 @@ Results = dict[str, dict[str, dict[str, Any]]]  # {split: {role: metrics}}
 
 def extra_splits(data: TaskData) -> dict[str, Any]:
     """``{name: split}`` of the task's extra eval splits (empty for tasks without any)."""
-    return dict(data.info.get("extra_eval") or {})
+    return dict(data.extra_eval)
 
 
 def evaluate_extra(

@@ -51,9 +51,9 @@ def generate_texts(
 ) -> tuple[list[str], list[str]]:
     """Batched generation from each eval prompt (left-padded), decoded without special tokens."""
     tokenizer = data.tokenizer
-    gen = data.info["generation"]
+    gen = data.generation
     device = _device(model)
-    batch_size = gen.get("batch_size") or batch_size
+    batch_size = gen.batch_size or batch_size
     prompts, references = data.eval["prompt_ids"], data.eval["reference"]
     outputs: list[str] = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, leave=False, disable=not progress):
@@ -64,8 +64,8 @@ def generate_texts(
         generated = model.generate(
             input_ids=ids,
             attention_mask=mask,
-            max_new_tokens=gen["max_new_tokens"],
-            num_beams=gen["num_beams"],
+            max_new_tokens=gen.max_new_tokens,
+            num_beams=gen.num_beams,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
@@ -82,20 +82,20 @@ def generate_from_images(
 
     Predictions and references go through the task's text normaliser (e.g. whitespace) before the metrics.
     """
-    gen = data.info["generation"]
+    gen = data.generation
     tokenizer = getattr(data.tokenizer, "tokenizer", data.tokenizer)  # the processor's text half
-    normalize = data.info.get("normalize") or (lambda text: text)
+    normalize = data.normalize or (lambda text: text)
     device = _device(model)
-    loader = DataLoader(data.eval, batch_size=gen.get("batch_size") or batch_size, shuffle=False,
-                        collate_fn=data.info["prompt_collator"])
+    loader = DataLoader(data.eval, batch_size=gen.batch_size or batch_size, shuffle=False,
+                        collate_fn=data.prompt_collator)
     outputs: list[str] = []
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
         batch = {k: v.to(device) for k, v in batch.items()}
         width = batch["input_ids"].shape[1]
         generated = model.generate(
             **batch,
-            max_new_tokens=gen["max_new_tokens"],
-            num_beams=gen["num_beams"],
+            max_new_tokens=gen.max_new_tokens,
+            num_beams=gen.num_beams,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,

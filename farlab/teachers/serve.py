@@ -179,7 +179,8 @@ def make_handler(model: LogprobModel, verbose: bool = False) -> type[BaseHTTPReq
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m farlab.teachers.serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="a local Hugging Face causal-LM folder")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --model)")
     parser.add_argument("--name", default=None, help="served model name (default: the --model path)")

@@ -60,7 +60,7 @@ def test_lora_student_final_reloads_with_its_processor(compose_cfg, tmp_path, st
     assert not any("lora_" in name for name in model.state_dict())
     processor = load_processor(final)
     data = build_task_data(cfg.task, processor, cfg.seed)
-    batch = data.info["prompt_collator"]([data.eval[0]])
+    batch = data.prompt_collator([data.eval[0]])
     out = model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=processor.tokenizer.pad_token_id)
     assert out.shape[1] > batch["input_ids"].shape[1]
 

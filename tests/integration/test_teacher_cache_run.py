@@ -1,4 +1,4 @@
-"""Runs with teacher.backend=cache: the first builds the cache, later ones never load the teacher, and all of
+"""Runs with teacher=cache: the first builds the cache, later ones never load the teacher, and all of
 them train exactly like the in-process teacher at the same k."""
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ def _overrides(store, cache_dir, **extra):
     base = {
         "task": "europarl_en_fr", "model": "tiny_llama", "teacher_strategy": "frozen_base",
         "task.train_limit": 32, "task.eval_limit": 4, "task.generation.max_new_tokens": 4, "task.max_length": 64,
-        "teacher.top_k": 8, "teacher.cache.dir": str(cache_dir), "teacher.cache.dtype": "float32",
-        "train.max_steps": 2, "train.save_steps": 2,
+        "teacher.top_k": 8, "train.max_steps": 2, "train.save_steps": 2,
     }
     base.update(extra)
+    if base.get("teacher") == "cache":  # the cache's settings exist only when teacher=cache selects them
+        base.update({"teacher.cache.dir": str(cache_dir), "teacher.cache.dtype": "float32"})
     return tiny_overrides(store, **base)
 
 

@@ -6,20 +6,18 @@ import logging
 from collections import Counter
 
 import pytest
-from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from farlab.config import REPO_ROOT
 from farlab.data import DataError, build_task_data, validate_task_config
-from farlab.data.glue import GLUE_LAYOUTS, class_ratio_subset, read_glue_tsv
-from tests.conftest import SHARED_DATA
+from farlab.data.glue import class_ratio_subset, read_glue_tsv
+from tests.conftest import SHARED_DATA, glue_layout, glue_task
 
 TOKENIZER = AutoTokenizer.from_pretrained(REPO_ROOT / "farlab" / "assets" / "tiny_wordpiece")
-SST2 = read_glue_tsv(SHARED_DATA / "sst2" / "train.tsv", GLUE_LAYOUTS["sst2"])  # 29,780 neg (0) / 37,569 pos (1)
+SST2 = read_glue_tsv(SHARED_DATA / "sst2" / "train.tsv", glue_layout("sst2"))  # 29,780 neg (0) / 37,569 pos (1)
 
 
-def _task(**fields):
-    return OmegaConf.create({"family": "glue", **fields})
+_task = glue_task
 
 
 def _counts(rows) -> list[int]:

@@ -3,24 +3,22 @@
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 from transformers import AutoTokenizer
 
 from farlab.config import REPO_ROOT
 from farlab.data import DataError, build_task_data, validate_task_config
-from farlab.data.glue import GLUE_LAYOUTS, read_glue_tsv
-from tests.conftest import SHARED_DATA
+from farlab.data.glue import read_glue_tsv
+from tests.conftest import SHARED_DATA, glue_layout, glue_task
 
 TOKENIZER = AutoTokenizer.from_pretrained(REPO_ROOT / "farlab" / "assets" / "tiny_wordpiece")
 
 
-def _task(**fields):
-    return OmegaConf.create({"family": "glue", **fields})
+_task = glue_task
 
 
 def test_real_cola_counts_match_sources_md():
-    train = read_glue_tsv(SHARED_DATA / "cola" / "train.tsv", GLUE_LAYOUTS["cola"])
-    dev = read_glue_tsv(SHARED_DATA / "cola" / "dev.tsv", GLUE_LAYOUTS["cola"])
+    train = read_glue_tsv(SHARED_DATA / "cola" / "train.tsv", glue_layout("cola"))
+    dev = read_glue_tsv(SHARED_DATA / "cola" / "dev.tsv", glue_layout("cola"))
     assert len(train) == 8551 and sum(label for _, label in train) == 6023
     assert len(dev) == 527 and sum(label for _, label in dev) == 365
 
@@ -83,5 +81,5 @@ def test_missing_train_file_is_refused_before_models_load(tmp_path: Path):
 def test_unknown_task_key_and_unknown_glue_task():
     with pytest.raises(DataError, match="max_lenght"):
         validate_task_config(_task(name="cola", data_dir="x", max_lenght=3))
-    with pytest.raises(DataError, match=r"unknown GLUE task 'colaa'.*did you mean 'cola'"):
-        validate_task_config(_task(name="colaa", data_dir="x"))
+    with pytest.raises(DataError, match=r"task 'colaa': task.layout needs text_columns, label_column, labels"):
+        validate_task_config(_task(name="colaa", data_dir="x", metrics=["mcc"]))

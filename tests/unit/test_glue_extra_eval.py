@@ -14,6 +14,7 @@ from farlab.data import DataError, build_task_data, validate_task_config
 from farlab.eval.calibration import CALIBRATION_KEYS
 from farlab.eval.extra import evaluate_extra, extra_eval_report
 from farlab.eval.loop import evaluate_model
+from tests.conftest import glue_task
 
 TOKENIZER = AutoTokenizer.from_pretrained(REPO_ROOT / "farlab" / "assets" / "tiny_wordpiece")
 HEADER = "index\tpromptID\tpairID\tgenre\ts1b\ts2b\ts1p\ts2p\tsentence1\tsentence2\tlabel1\tgold_label\n"
@@ -34,7 +35,7 @@ def write_mnli(folder: Path, files: dict[str, int]) -> Path:
 
 
 def _task(data_dir: Path, **fields):
-    return OmegaConf.create({"family": "glue", "name": "mnli", "data_dir": str(data_dir), **fields})
+    return glue_task(name="mnli", data_dir=str(data_dir), **fields)
 
 
 def _model(seed: int) -> BertForSequenceClassification:
@@ -48,11 +49,11 @@ def test_extra_files_are_read_by_stem_with_the_eval_limit(tmp_path):
     mnli = write_mnli(tmp_path, {"train.tsv": 12, "dev_matched.tsv": 6, "dev_mismatched.tsv": 9})
     data = build_task_data(_task(mnli, extra_eval_files=["dev_mismatched.tsv"]), TOKENIZER, seed=0)
     assert data.eval_split_name == "dev_matched.tsv" and len(data.eval) == 6
-    extra = data.info["extra_eval"]
+    extra = data.extra_eval
     assert list(extra) == ["dev_mismatched"] and extra["dev_mismatched"]["labels"] == [0, 1, 2] * 3
     limited = build_task_data(_task(mnli, extra_eval_files=["dev_mismatched.tsv"], eval_limit=4), TOKENIZER, 0)
-    assert len(limited.eval) == 4 and len(limited.info["extra_eval"]["dev_mismatched"]) == 4
-    assert build_task_data(_task(mnli), TOKENIZER, seed=0).info["extra_eval"] == {}
+    assert len(limited.eval) == 4 and len(limited.extra_eval["dev_mismatched"]) == 4
+    assert build_task_data(_task(mnli), TOKENIZER, seed=0).extra_eval == {}
 
 
 def test_extra_split_metrics_equal_a_primary_evaluation_of_that_file(tmp_path):
@@ -97,7 +98,7 @@ def test_bad_extra_files_are_refused_before_any_data_loads(tmp_path, files, extr
 
 
 def test_extra_files_need_a_local_data_dir():
-    task = OmegaConf.create({"family": "glue", "name": "mnli", "data_dir": None, "hub_name": "nyu-mll/glue",
+    task = glue_task(**{"name": "mnli", "data_dir": None, "hub_name": "nyu-mll/glue",
                              "extra_eval_files": ["dev_mismatched.tsv"]})
     with pytest.raises(DataError, match=r"extra_eval_files=\['dev_mismatched.tsv'\] needs task.data_dir"):
         validate_task_config(task)

@@ -7,7 +7,7 @@ import torch
 from farlab.losses.attention import ATTENTION_FNS, AttentionKL
 from farlab.losses.base import DistillBatch, ModelView
 from farlab.losses.objective import ModelShape
-from farlab.losses.testing import fake_batch
+from tests.fakes import fake_batch
 
 
 def _direct(p_s: np.ndarray, p_t: np.ndarray, mask: np.ndarray) -> float:

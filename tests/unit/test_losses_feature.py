@@ -8,7 +8,7 @@ from farlab.losses.base import DistillBatch, ModelView
 from farlab.losses.feature import FEATURE_FNS, FeatureLoss
 from farlab.losses.objective import ModelShape
 from farlab.losses.projection import build_projection
-from farlab.losses.testing import fake_batch
+from tests.fakes import fake_batch
 
 S, TCH = ModelShape(2, 4, 2), ModelShape(4, 6, 3)
 PAIRS = [(1, 2), (2, 4)]

@@ -8,7 +8,7 @@ from torch import nn
 from farlab.losses.base import DistillBatch, ModelView, TopK
 from farlab.losses.divergences import divergence
 from farlab.losses.response import RESPONSE_FNS, ResponseLoss, chunked_lm_cross_entropy
-from farlab.losses.testing import length_mask
+from tests.fakes import length_mask
 
 B, T, D, V = 3, 7, 6, 13
 FNS = RESPONSE_FNS.names()

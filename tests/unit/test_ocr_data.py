@@ -192,7 +192,7 @@ def test_labels_cover_only_the_answer_tokens(processor):
 
 def test_prompt_collator_left_pads_prompts_without_answers(processor):
     data = build_task_data(uw3(eval_limit=3), processor, 0)
-    batch = data.info["prompt_collator"]([data.eval[i] for i in range(3)])
+    batch = data.prompt_collator([data.eval[i] for i in range(3)])
     assert "labels" not in batch
     assert (batch["attention_mask"][:, -1] == 1).all()  # left padding: every prompt ends at the last column
     end = processor.tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
@@ -202,7 +202,7 @@ def test_prompt_collator_left_pads_prompts_without_answers(processor):
 def test_olmocr_prompt_style_uses_olmocrs_prompt(processor):
     prompts = pytest.importorskip("olmocr.prompts")
     data = build_task_data(uw3(prompt_style="olmocr_v4", train_limit=1, eval_limit=1), processor, 0)
-    batch = data.info["prompt_collator"]([data.eval[0]])
+    batch = data.prompt_collator([data.eval[0]])
     text = processor.tokenizer.decode(batch["input_ids"][0])
     assert prompts.build_no_anchoring_v4_yaml_prompt() in text
 

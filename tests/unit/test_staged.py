@@ -8,7 +8,7 @@ import torch
 from farlab.losses.objective import ModelShape, build_objective
 from farlab.losses.spec import LayerMapConfig, LossConfig, ProjectionConfig
 from farlab.losses.staged import Phase, Schedule
-from farlab.losses.testing import fake_batch
+from tests.fakes import fake_batch
 from tests.conftest import load_group
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -1,6 +1,6 @@
 """Tiny synthetic ``DistillBatch``es for tests: right shapes, real masks, no models.
 
-Kept in the package (not in tests/) so integration tests and the workbench can reuse it.
+Test-only: the package never imports this.
 """
 
 from __future__ import annotations

@@ -1,0 +1,36 @@
+"""Every ``python -m farlab.*`` command answers --help with its usage and examples, and exits 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from farlab.config import REPO_ROOT
+
+PACKAGE = REPO_ROOT / "farlab"
+
+
+def entry_points() -> list[str]:
+    """Modules runnable with ``python -m``: a ``__main__`` block, or a package's ``__main__.py``."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(REPO_ROOT).with_suffix("").parts)
+        if path.name == "__main__.py":
+            found.append(module.removesuffix(".__main__"))
+        elif 'if __name__ == "__main__":' in path.read_text():
+            found.append(module)
+    return found
+
+
+def test_the_known_commands_are_found():
+    assert {"farlab.train", "farlab.collect", "farlab.teachers.cache", "farlab.teachers.serve"} <= set(entry_points())
+
+
+@pytest.mark.parametrize("module", entry_points())
+def test_help_prints_usage_and_exits_zero(module: str, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "python -m " in proc.stdout and "Traceback" not in proc.stderr, proc.stdout[:500]
