@@ -29,8 +29,8 @@ from transformers import AutoModel, AutoModelForSequenceClassification, get_line
 
 from farlab.config import REPO_ROOT, register_configs
 from farlab.data import build_task_data
-from farlab.models.loading import load_tokenizer
-from farlab.teachers.strategies import TeacherContext, train_sft_teacher
+from farlab.models.loading import build_model, head_for, load_tokenizer
+from farlab.trainer.sft import sft_fine_tuner
 
 Split = tuple[list[str], list[int]]  # sentences, labels
 
@@ -126,10 +126,12 @@ def farlab_teacher(args: argparse.Namespace, tokenizer: Any, dev: Split) -> tupl
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
-    ctx = TeacherContext(cfg=cfg, base_teacher=None, data=data, tokenizer=tokenizer, attn_implementation=None)
+    fine_tune = sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        train_sft_teacher(ctx, Path(out))
+        set_seed(cfg.seed)  # as the teacher store does before building and fine-tuning the base teacher
+        teacher = build_model(cfg.model.teacher, head_for(data), None)
+        fine_tune(teacher, data, tokenizer, Path(out))
         elapsed = time.perf_counter() - start
         model = AutoModelForSequenceClassification.from_pretrained(out)
     return elapsed, dev_mcc(model, tokenizer, *dev)

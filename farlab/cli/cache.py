@@ -20,7 +20,7 @@ from farlab.data import build_task_data
 from farlab.models.loading import load_tokenizer
 from farlab.teachers.backends.cache import prepare_cache
 from farlab.teachers.cache import TeacherCache
-from farlab.teachers.strategies import TeacherContext, prepare_teacher
+from farlab.teachers.strategies import TeacherContext, TeacherSettings, prepare_teacher
 from farlab.trainer.sft import sft_fine_tuner
 from farlab.validate import validate_config
 
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     plan = validate_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
-    ctx = TeacherContext(cfg, None, data, tokenizer, cfg.model.attn_implementation, plan,
+    settings = TeacherSettings.from_run_config(cfg)
+    ctx = TeacherContext(settings, None, data, tokenizer, cfg.model.attn_implementation, plan,
                          fine_tune=sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed))
     prepared = prepare_cache(ctx, prepare_teacher, force_build=True)
     cache: TeacherCache = prepared.info["cache"]

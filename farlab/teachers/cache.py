@@ -149,7 +149,7 @@ def _hash_files(folder: Path, memo_file: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def teacher_identity(cfg: Any, kind: str) -> dict[str, Any]:
+def teacher_identity(settings: Any, kind: str) -> dict[str, Any]:
     """What makes two teachers the same without loading either (the SFT store key, or base weights/config)."""
     import transformers
     from omegaconf import OmegaConf
@@ -157,10 +157,10 @@ def teacher_identity(cfg: Any, kind: str) -> dict[str, Any]:
     from farlab.teachers.store import store_key
     from farlab.teachers.strategies import sft_store_material
 
-    spec = cfg.model.teacher
-    ident: dict[str, Any] = {"name": spec.name, "init": cfg.teacher_strategy.init}
-    if cfg.teacher_strategy.init == "sft":
-        ident["sft_store_key"] = store_key(sft_store_material(cfg))
+    spec = settings.model.teacher
+    ident: dict[str, Any] = {"name": spec.name, "init": settings.strategy.init}
+    if settings.strategy.init == "sft":
+        ident["sft_store_key"] = store_key(sft_store_material(settings))
         return ident
     ident["source"] = spec.source
     if spec.source == "config":  # random init: a function of the config, the seed and the library versions
@@ -168,25 +168,26 @@ def teacher_identity(cfg: Any, kind: str) -> dict[str, Any]:
         ident["versions"] = {"torch": torch.__version__, "transformers": transformers.__version__}
     elif Path(str(spec.path)).expanduser().is_dir():
         ident["path"] = str(spec.path)
-        ident["weights"] = _hash_files(Path(str(spec.path)).expanduser(), Path(cfg.teacher.cache.dir).expanduser()
+        ident["weights"] = _hash_files(Path(str(spec.path)).expanduser(), Path(settings.backend.cache.dir).expanduser()
                                        / "weights_fingerprints.json")
     else:
         ident["hub_id"] = str(spec.path)  # a hub id: pinned by name only
     if spec.source == "config" or not TASK_KINDS.get(kind).vocabulary_logits:
-        ident["seed"] = cfg.seed  # random weights or a fresh task head depend on the seed
+        ident["seed"] = settings.seed  # random weights or a fresh task head depend on the seed
     return ident
 
 
-def cache_key(cfg: Any, data: Any, k: int, hidden_layers: list[int]) -> dict[str, Any]:
+def cache_key(settings: Any, data: Any, k: int, hidden_layers: list[int]) -> dict[str, Any]:
+    """What a cache entry is a function of (``settings``: :class:`farlab.teachers.strategies.TeacherSettings`)."""
     return {
         "format": FORMAT_VERSION,
-        "teacher": teacher_identity(cfg, data.kind),
+        "teacher": teacher_identity(settings, data.kind),
         "data": {"task": data.name, "kind": data.kind, "n_examples": len(data.train),
                  "fingerprint": dataset_fingerprint(data.train)},
         "top_k": int(k),
         "logprob_temperature": 1.0,  # stored untempered; the loss softens (one cache serves every T)
-        "max_length": cfg.task.get("max_length"),
-        "dtype": cfg.teacher.cache.dtype,
+        "max_length": settings.task.get("max_length"),
+        "dtype": settings.backend.cache.dtype,
         "hidden_layers": list(hidden_layers),
     }
 
@@ -210,12 +211,13 @@ def key_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 
-def entry_path(cfg: Any, key: dict[str, Any]) -> Path:
+def entry_path(settings: Any, key: dict[str, Any]) -> Path:
     """``teacher.cache.path`` when set, else ``<teacher.cache.dir>/<task>-<teacher>-<key hash>``."""
-    if cfg.teacher.cache.path:
-        return Path(cfg.teacher.cache.path).expanduser()
+    if settings.backend.cache.path:
+        return Path(settings.backend.cache.path).expanduser()
     name = f"{key['data']['task']}-{key['teacher']['name']}-{key_hash(key)}"
-    return Path(cfg.teacher.cache.dir).expanduser() / "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+    return Path(settings.backend.cache.dir).expanduser() / safe
 
 
 # --------------------------------------------------------------------------------------------------

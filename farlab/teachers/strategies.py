@@ -28,9 +28,28 @@ FineTune = Callable[[PreTrainedModel, TaskData, Any, Path], None]
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TeacherSettings:
+    """The parts of a run's config that setting up its teacher reads, passed down instead of the root config."""
+
+    task: DictConfig  # part of the SFT-store and cache keys
+    model: DictConfig  # the pair: teacher and student specs, tokenizer
+    strategy: DictConfig  # teacher_strategy: init, trainable, recipe, store_dir
+    backend: DictConfig  # teacher: backend name, top_k and that backend's section
+    layer_map: DictConfig  # which teacher layers a cache stores for feature losses
+    seed: int
+    eval_batch_size: int
+    progress: bool
+
+    @classmethod
+    def from_run_config(cls, cfg: DictConfig) -> TeacherSettings:
+        return cls(cfg.task, cfg.model, cfg.teacher_strategy, cfg.teacher, cfg.layer_map, int(cfg.seed),
+                   int(cfg.train.eval_batch_size), bool(cfg.train.progress_bar))
+
+
 @dataclass
 class TeacherContext:
-    cfg: DictConfig
+    settings: TeacherSettings
     base_teacher: PreTrainedModel | None  # None: built on first use by base() (cache/openai backends may not need it)
     data: TaskData
     tokenizer: Any
@@ -41,8 +60,8 @@ class TeacherContext:
     def base(self) -> PreTrainedModel:
         """The base teacher, built (seeded as in train.py) the first time a strategy needs it."""
         if self.base_teacher is None:
-            set_seed(self.cfg.seed)
-            self.base_teacher = build_model(self.cfg.model.teacher, head_for(self.data), self.attn_implementation)
+            set_seed(self.settings.seed)
+            self.base_teacher = build_model(self.settings.model.teacher, head_for(self.data), self.attn_implementation)
             check_vocab(self.base_teacher, self.tokenizer, "teacher")
         return self.base_teacher
 
@@ -58,10 +77,10 @@ def _base(ctx: TeacherContext) -> PreTrainedModel:
 
 @TEACHER_INITS.register("sft")
 def _sft(ctx: TeacherContext) -> PreTrainedModel:
-    cfg = ctx.cfg
-    store = TeacherStore(cfg.teacher_strategy.store_dir)
+    cfg = ctx.settings
+    store = TeacherStore(cfg.strategy.store_dir)
     material = sft_store_material(cfg)
-    name = f"{cfg.task.name}-{cfg.model.teacher.name}-seed{cfg.seed}"
+    name = sft_store_name(cfg)
     if ctx.fine_tune is None:
         raise RuntimeError("teacher_strategy.init=sft needs TeacherContext.fine_tune (farlab.trainer.sft)")
 
@@ -74,14 +93,18 @@ def _sft(ctx: TeacherContext) -> PreTrainedModel:
     return head_for(ctx.data).auto_class.from_pretrained(path, **kwargs)
 
 
-def sft_store_material(cfg: DictConfig) -> dict[str, Any]:
+def sft_store_name(settings: TeacherSettings) -> str:
+    return f"{settings.task.name}-{settings.model.teacher.name}-seed{settings.seed}"
+
+
+def sft_store_material(settings: TeacherSettings) -> dict[str, Any]:
     """What identifies an SFT teacher: task (data and limits), teacher model, tokenizer, seed, recipe."""
     return {
-        "task": OmegaConf.to_container(cfg.task, resolve=True),
-        "teacher": OmegaConf.to_container(cfg.model.teacher, resolve=True),
-        "tokenizer": cfg.model.tokenizer,
-        "seed": cfg.seed,
-        "recipe": OmegaConf.to_container(cfg.teacher_strategy.recipe, resolve=True),
+        "task": OmegaConf.to_container(settings.task, resolve=True),
+        "teacher": OmegaConf.to_container(settings.model.teacher, resolve=True),
+        "tokenizer": settings.model.tokenizer,
+        "seed": settings.seed,
+        "recipe": OmegaConf.to_container(settings.strategy.recipe, resolve=True),
     }
 
 
@@ -103,10 +126,10 @@ def strategy_problems(ts: Any, plan: Any) -> list[str]:
 
 
 def prepare_teacher(ctx: TeacherContext) -> PreTrainedModel:
-    teacher = TEACHER_INITS.get(ctx.cfg.teacher_strategy.init)(ctx)
-    trainable = bool(ctx.cfg.teacher_strategy.trainable)
+    teacher = TEACHER_INITS.get(ctx.settings.strategy.init)(ctx)
+    trainable = bool(ctx.settings.strategy.trainable)
     teacher.requires_grad_(trainable)
     teacher.train(trainable)
-    log.info("teacher strategy %s: init=%s, %s", ctx.cfg.teacher_strategy.name, ctx.cfg.teacher_strategy.init,
+    log.info("teacher strategy %s: init=%s, %s", ctx.settings.strategy.name, ctx.settings.strategy.init,
              "co-trained" if trainable else "frozen")
     return teacher

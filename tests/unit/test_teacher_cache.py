@@ -24,7 +24,10 @@ from farlab.teachers.cache import (
     open_or_build,
     write_cache,
 )
+from farlab.teachers.strategies import TeacherSettings
 from tests.conftest import tiny_overrides
+
+teacher_settings = TeacherSettings.from_run_config
 
 K = 8
 
@@ -58,7 +61,7 @@ def _batches(data, size=6):
 
 def test_built_cache_reads_back_the_live_teachers_topk_and_hidden_states(setup, tmp_path):
     cfg, data, teacher = setup
-    key = cache_key(cfg, data, K, hidden_layers=[2, 4])
+    key = cache_key(teacher_settings(cfg), data, K, hidden_layers=[2, 4])
     cache = open_or_build(tmp_path / "entry", key, lambda out: write_cache(teacher, data, out, key, batch_size=7))
     assert (tmp_path / "entry" / "COMPLETE").is_file() and isinstance(cache.ids, np.memmap)
     assert cache.meta["vocab_size"] == 1024 and cache.ids.dtype == np.uint16  # 1024 ids fit 16 bits
@@ -79,7 +82,7 @@ def test_built_cache_reads_back_the_live_teachers_topk_and_hidden_states(setup, 
 
 def test_a_cache_built_for_another_key_is_refused_naming_the_fields(setup, tmp_path):
     cfg, data, teacher = setup
-    key = cache_key(cfg, data, K, hidden_layers=[])
+    key = cache_key(teacher_settings(cfg), data, K, hidden_layers=[])
     open_or_build(tmp_path / "entry", key, lambda out: write_cache(teacher, data, out, key))
     other = copy.deepcopy(key)
     other["top_k"], other["data"]["fingerprint"] = 4, "0" * 32
@@ -88,14 +91,14 @@ def test_a_cache_built_for_another_key_is_refused_naming_the_fields(setup, tmp_p
     assert "top_k: cache has 8, this run needs 4" in str(err.value)
     assert "data.fingerprint" in str(err.value) and "teacher.cache.path" in str(err.value)
     # Different training data really changes the key: the fingerprint covers the token ids.
-    assert cache_key(cfg, data, K, [])["data"] == key["data"]
-    assert cache_key(cfg, type(data)(**{**data.__dict__, "train": data.train.select(range(10))}), K, [])["data"] \
+    assert cache_key(teacher_settings(cfg), data, K, [])["data"] == key["data"]
+    assert cache_key(teacher_settings(cfg), type(data)(**{**data.__dict__, "train": data.train.select(range(10))}), K, [])["data"] \
         != key["data"]
 
 
 def test_an_interrupted_build_is_never_taken_as_complete(setup, tmp_path):
     cfg, data, teacher = setup
-    key = cache_key(cfg, data, K, hidden_layers=[])
+    key = cache_key(teacher_settings(cfg), data, K, hidden_layers=[])
     entry = tmp_path / "entry"
 
     def crash(i):
@@ -119,6 +122,6 @@ def test_an_interrupted_build_is_never_taken_as_complete(setup, tmp_path):
 
 def test_entry_names_follow_the_key(setup):
     cfg, data, _ = setup
-    a, b = cache_key(cfg, data, K, []), cache_key(cfg, data, 2 * K, [])
-    assert entry_path(cfg, a) != entry_path(cfg, b)
-    assert entry_path(cfg, a).name.startswith("europarl_en_fr-tiny-llama-4l-")
+    a, b = cache_key(teacher_settings(cfg), data, K, []), cache_key(teacher_settings(cfg), data, 2 * K, [])
+    assert entry_path(teacher_settings(cfg), a) != entry_path(teacher_settings(cfg), b)
+    assert entry_path(teacher_settings(cfg), a).name.startswith("europarl_en_fr-tiny-llama-4l-")

@@ -39,7 +39,7 @@ def _prepare_hf(ctx: Any, load_teacher: Callable[[Any], Any]) -> PreparedTeacher
     chunk = ctx.plan.chunk_size if ctx.data.task_kind.decoder_only else None  # see farlab.models.forward
     teacher = load_teacher(ctx)
     return PreparedTeacher(model=teacher, shape=model_shape(teacher), vocab_size=logit_width(teacher, ctx.data.kind),
-                           make_backend=hf_backend_factory(ctx.cfg.teacher.top_k, chunk))
+                           make_backend=hf_backend_factory(ctx.settings.backend.top_k, chunk))
 
 
 @dataclass(frozen=True)

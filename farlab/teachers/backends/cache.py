@@ -47,16 +47,17 @@ def prepare_cache(ctx: Any, load_teacher: Callable[[Any], Any], force_build: boo
     from farlab.models.loading import head_for, spec_shape
     from farlab.teachers.cache import cache_key, dataset_fingerprint, entry_path, open_or_build, write_cache
 
-    cfg, data = ctx.cfg, ctx.data
-    k = cfg.teacher.top_k or DEFAULT_TOP_K
+    settings, data = ctx.settings, ctx.data
+    cache_cfg = settings.backend.cache
+    k = settings.backend.top_k or DEFAULT_TOP_K
     head = head_for(data)
-    t_shape = spec_shape(cfg.model.teacher, head)
+    t_shape = spec_shape(settings.model.teacher, head)
     layers = []
-    if cfg.teacher.cache.hidden_states:
-        s_shape = spec_shape(cfg.model.student, head, teacher=t_shape)
-        layers = ctx.plan.hidden_teacher_layers(cfg.layer_map, s_shape, t_shape)
-    key = cache_key(cfg, data, k, layers)
-    entry = entry_path(cfg, key)
+    if cache_cfg.hidden_states:
+        s_shape = spec_shape(settings.model.student, head, teacher=t_shape)
+        layers = ctx.plan.hidden_teacher_layers(settings.layer_map, s_shape, t_shape)
+    key = cache_key(settings, data, k, layers)
+    entry = entry_path(settings, key)
     loaded: dict[str, Any] = {}
 
     def teacher() -> Any:
@@ -65,13 +66,13 @@ def prepare_cache(ctx: Any, load_teacher: Callable[[Any], Any], force_build: boo
         return loaded["model"]
 
     def build(staging: Any) -> None:
-        write_cache(teacher(), data, staging, key, batch_size=cfg.teacher.cache.batch_size)
+        write_cache(teacher(), data, staging, key, batch_size=cache_cfg.batch_size)
 
-    cache = open_or_build(entry, key, build if (cfg.teacher.cache.build or force_build) else None)
+    cache = open_or_build(entry, key, build if (cache_cfg.build or force_build) else None)
     eval_fp = dataset_fingerprint(data.eval)
     metrics = cache.metrics(eval_fp)
     if metrics is None:  # first run on this eval set: evaluate the teacher once, for every later run
-        metrics = evaluate_model(teacher(), data, cfg.train.eval_batch_size, "pre-eval teacher", cfg.train.progress_bar)
+        metrics = evaluate_model(teacher(), data, settings.eval_batch_size, "pre-eval teacher", settings.progress)
         cache.save_metrics(eval_fp, metrics)
     log.info("teacher cache %s: k=%d, %d rows, teacher %s", cache.path, cache.k, cache.meta["rows"],
              "loaded for the build" if loaded else "not loaded")

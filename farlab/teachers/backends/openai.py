@@ -56,8 +56,8 @@ def _token_to_id(tokenizer: Any) -> Any:
     return lookup
 
 
-def make_client(cfg: Any, tokenizer: Any) -> CompletionsClient:
-    o = cfg.teacher.openai
+def make_client(o: Any, tokenizer: Any) -> CompletionsClient:
+    """A client for the ``teacher.openai`` settings ``o``."""
     return CompletionsClient(
         base_url=o.base_url,
         model=o.model,
@@ -82,12 +82,12 @@ def prepare_openai(ctx: Any, load_teacher: Any = None) -> PreparedTeacher:
     if not ctx.data.task_kind.decoder_only:
         raise ConfigError(f"teacher.backend=openai serves decoder-only teachers; task {ctx.data.name!r} is "
                           f"{ctx.data.kind!r}: use teacher.backend=hf or cache")
-    cfg = ctx.cfg
-    k = cfg.teacher.top_k or DEFAULT_TOP_K
-    client = make_client(cfg, ctx.tokenizer)
-    log.info("teacher server %s (model %s), top-k %d", cfg.teacher.openai.base_url, client.model, k)
+    settings = ctx.settings
+    k = settings.backend.top_k or DEFAULT_TOP_K
+    client = make_client(settings.backend.openai, ctx.tokenizer)
+    log.info("teacher server %s (model %s), top-k %d", settings.backend.openai.base_url, client.model, k)
     try:
-        shape = spec_shape(cfg.model.teacher, head_for(ctx.data))
+        shape = spec_shape(settings.model.teacher, head_for(ctx.data))
     except Exception:  # noqa: BLE001 - the teacher may exist only on the server; response losses need no shape
         shape = ModelShape(num_layers=0, hidden_size=0)
     return PreparedTeacher(model=None, shape=shape, vocab_size=None, metrics=None,
