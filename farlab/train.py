@@ -37,7 +37,7 @@ from farlab.report import print_summary
 from farlab.run_record import RunRecord, completed_run
 from farlab.teachers.backends import TEACHER_BACKENDS, PreparedTeacher
 from farlab.teachers.backends.accounting import TeacherComputeLog
-from farlab.teachers.strategies import TeacherContext, prepare_teacher
+from farlab.teachers.strategies import TeacherContext, TeacherSettings, prepare_teacher
 from farlab.teachers.tokenizers import check_logit_widths, check_tokenizers, logit_width, vocab_aligner
 from farlab.trainer.callbacks import PeakMetrics
 from farlab.trainer.checkpoints import (
@@ -90,7 +90,7 @@ def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan,
     student, base_teacher = build_student(cfg, data, tokenizer, plan, attn)
     teacher = prepared = None
     if plan.needs_teacher:
-        ctx = TeacherContext(cfg, base_teacher, data, tokenizer, attn, plan,
+        ctx = TeacherContext(TeacherSettings.from_run_config(cfg), base_teacher, data, tokenizer, attn, plan,
                              fine_tune=sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed))
         prepared = TEACHER_BACKENDS.get(cfg.teacher.backend).prepare(ctx, prepare_teacher)
         teacher = prepared.model  # None for cache/openai: no teacher in this process
