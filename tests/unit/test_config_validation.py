@@ -80,3 +80,13 @@ def test_cli_bad_value_exits_nonzero_without_writing_metrics(tmp_path, store_dir
     assert "temperature" in proc.stderr
     assert not (out / "metrics.json").exists()
     assert '"status": "failed"' in (out / "run_metadata.json").read_text()
+
+
+def test_student_blocks_beyond_the_teacher_are_refused_before_any_weights_load(compose_cfg, store_dir, monkeypatch):
+    """The range check reads the teacher's config.json; no model is built."""
+    import farlab.models.loading as loading
+
+    monkeypatch.setattr(loading, "build_model", lambda *a, **k: pytest.fail("no model may load during validation"))
+    cfg = compose_cfg(["model=minilm", "model.student.init_blocks=[1,3,7]"])
+    with pytest.raises(ConfigError, match=r"blocks \[7\] out of range; the teacher has 6 blocks \(valid: 1..6\)"):
+        validate_config(cfg)
