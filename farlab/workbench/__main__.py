@@ -1,0 +1,5 @@
+import sys
+
+from farlab.workbench.cli import main
+
+sys.exit(main())

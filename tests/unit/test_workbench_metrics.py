@@ -1,0 +1,77 @@
+"""The workbench's small rules against hand-computed values: headft diagnosis, probe emergence, reliability bins,
+head training on separable features, seeded subsets and layer checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from farlab.eval.calibration import expected_calibration_error
+from farlab.workbench.headft import diagnose, train_head
+from farlab.workbench.loading import WorkbenchError, check_layers, seeded_subset
+from farlab.workbench.outputs import reliability_bins
+from farlab.workbench.probe import emergence_depth
+
+
+def test_headft_diagnosis_rule_and_threshold():
+    # teacher 0.50, student 0.20: gap 0.30; head-only 0.38 closes 0.18 / 0.30 = 60% -> alignment
+    verdict, closed = diagnose(0.50, 0.20, 0.38)
+    assert closed == pytest.approx(0.6) and verdict.startswith("alignment") and "60%" in verdict
+    verdict, closed = diagnose(0.50, 0.20, 0.29)  # 0.09 / 0.30 = 30% -> capacity
+    assert closed == pytest.approx(0.3) and verdict.startswith("capacity")
+    assert diagnose(0.50, 0.20, 0.35)[0].startswith("alignment")  # exactly 50% counts as most of the gap
+    verdict, closed = diagnose(0.30, 0.35, 0.40)
+    assert closed is None and verdict.startswith("no gap")
+
+
+def test_emergence_depth_is_the_first_layer_at_ninety_percent_of_the_best():
+    # best 0.50 -> threshold 0.45: depth 0.5 is the first with >= 0.45
+    assert emergence_depth([(0.0, 0.1), (0.25, 0.4), (0.5, 0.46), (0.75, 0.5), (1.0, 0.3)]) == 0.5
+    assert emergence_depth([(0.0, 0.0), (1.0, -0.1)]) is None  # nothing learned anywhere
+    assert emergence_depth([]) is None
+
+
+def test_reliability_bins_by_hand_and_consistent_with_the_ece():
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    labels = np.array([0, 1, 1, 1])
+    bins = reliability_bins(probs, labels, 5)  # bins (0,.2], (.2,.4], (.4,.6], (.6,.8], (.8,1]
+    filled = {b["bin"]: b for b in bins if b["count"]}
+    assert set(filled) == {2, 3, 4}
+    assert filled[2]["count"] == 1 and filled[2]["accuracy"] == 1.0 and filled[2]["confidence"] == 0.55
+    assert filled[3]["count"] == 2 and filled[3]["accuracy"] == 0.5  # 0.8 lies in (0.6, 0.8], 0.7 too
+    assert filled[3]["confidence"] == pytest.approx(0.75)
+    assert filled[4]["count"] == 1 and filled[4]["accuracy"] == 1.0
+    ece = sum(b["count"] / 4 * abs(b["accuracy"] - b["confidence"]) for b in filled.values())
+    assert ece == pytest.approx(expected_calibration_error(probs, labels, n_bins=5))
+
+
+def test_head_training_separates_separable_features():
+    rng = np.random.default_rng(0)
+    y = torch.tensor(rng.integers(0, 2, size=200))
+    x = torch.tensor(rng.normal(size=(200, 6)), dtype=torch.float32)
+    x[:, 0] += 3.0 * (2 * y.float() - 1)  # class signal on one feature
+    head = torch.nn.Linear(6, 2)
+    torch.nn.init.zeros_(head.weight)  # a fresh head starts near zero (BERT: N(0, 0.02)), as _fresh_head does
+    recipe = {"epochs": 3, "batch_size": 16, "learning_rate": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.1}
+    trained = train_head(head, x, y, recipe, seed=0)
+    accuracy = (trained(x).argmax(-1) == y).float().mean().item()
+    assert accuracy > 0.95
+
+
+def test_seeded_subset_is_sorted_reproducible_and_bounded():
+    a, b = seeded_subset(100, 10, seed=3), seeded_subset(100, 10, seed=3)
+    assert np.array_equal(a, b) and len(a) == 10 and np.all(np.diff(a) > 0)
+    assert not np.array_equal(a, seeded_subset(100, 10, seed=4))
+    assert np.array_equal(seeded_subset(5, None, 0), np.arange(5))
+    assert np.array_equal(seeded_subset(5, 50, 0), np.arange(5))
+
+
+def test_a_layer_out_of_range_names_the_option_and_the_valid_range():
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=16))
+    assert check_layers(None, model, "student", "--student-layers") == [0, 1, 2]
+    assert check_layers([2, 0, 2], model, "student", "--student-layers") == [0, 2]
+    with pytest.raises(WorkbenchError, match=r"--student-layers: layer 3 is out of range .*valid 0\.\.2"):
+        check_layers([1, 3], model, "student", "--student-layers")
