@@ -141,6 +141,33 @@ class TeacherConfig:
 
 
 @dataclass
+class UnfreezeConfig:
+    """Progressive unfreezing (farlab.trainer.unfreeze): the student's ``frozen_blocks`` lowest transformer blocks
+    (and its embeddings, with ``embeddings``) start frozen; the top-most frozen block thaws every ``every`` steps."""
+
+    frozen_blocks: int = 0  # 0 = off
+    every: Optional[int] = None  # optimizer steps between thaws; null = the blocks stay frozen for the whole run
+    embeddings: bool = True  # freeze the embeddings too, until the last block thaws
+
+
+@dataclass
+class EarlyStoppingConfig:
+    """Stop when the task's primary metric has not improved for ``patience`` periodic evals (train.eval_steps)."""
+
+    patience: Optional[int] = None  # null = off
+
+
+@dataclass
+class SpikeGuardConfig:
+    """Stop (status failed) on a non-finite loss, or when ce or a loss component's raw value exceeds ``factor`` x
+    its running mean (farlab.trainer.spike_guard)."""
+
+    factor: Optional[float] = None  # null = off; > 1
+    warmup_steps: int = 20  # optimizer steps before the factor check arms (the non-finite check is on from step 1)
+    decay: float = 0.9  # running mean = exponential moving average over training micro-batches
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 3.0
     max_steps: int = -1
@@ -162,6 +189,9 @@ class TrainConfig:
     eval_steps: Optional[int] = None  # evaluate the student every N steps for metrics.json 'best'; None = at the end
     keep_checkpoints: str = "all"  # after the run completes: all | last | none (farlab.trainer.checkpoints)
     keep_final: bool = True  # false: also delete final/ (the exported student) once metrics.json is written
+    unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    spike_guard: SpikeGuardConfig = field(default_factory=SpikeGuardConfig)
 
 
 @dataclass

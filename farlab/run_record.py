@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from farlab.config import REPO_ROOT
+from farlab.config import REPO_ROOT, FarlabConfig
 from farlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,15 @@ def _reload(text: str) -> dict[str, Any]:
     return container if isinstance(container, dict) else {}
 
 
+def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """The stored config with schema fields added since it was written filled in with their defaults (a new
+    field at its default is the same experiment); as stored when it no longer fits the schema."""
+    try:
+        return _reload(OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.structured(FarlabConfig), stored)))
+    except Exception:  # noqa: BLE001 - a key the schema dropped or retyped: compare what was stored
+        return stored
+
+
 def completed_run(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     """The stored metrics when ``run_dir`` already holds this experiment, completed; None when it must run.
 
@@ -200,7 +209,7 @@ def completed_run(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
         )
     # Both sides through the same YAML dump/load that wrote config.yaml, so types compare like with like.
     stored, new = (_reload(text) for text in (stored_path.read_text(), OmegaConf.to_yaml(cfg, resolve=True)))
-    diffs = config_differences(stored, new)
+    diffs = config_differences(_with_new_defaults(stored), new)
     if diffs:
         raise ConfigError(
             f"run dir {run_dir} holds a completed run of a different config "

@@ -46,6 +46,7 @@ from farlab.trainer.checkpoints import (
     prune_completed_run,
     resume_checkpoint,
 )
+from farlab.trainer.early_stop import EarlyStopping
 from farlab.trainer.fit import FitSettings, configure_wandb, finish_wandb, make_trainer, set_threads
 from farlab.trainer.pair import DistillationModule, frozen_guard
 from farlab.trainer.resources import peak_memory_mb
@@ -152,6 +153,8 @@ def fit(cfg: DictConfig, setup: Setup, data: TaskData, tokenizer: Any, run_dir: 
     peak = PeakMetrics(lambda: evaluate_model(pair.student, data, eval_bs, "eval student", False),
                        cfg.train.eval_steps, log_fn=trainer.log)
     trainer.add_callback(peak)
+    if cfg.train.early_stopping.patience is not None:  # watches peak's evals of the primary metric
+        trainer.add_callback(EarlyStopping(peak, data.primary_metric, cfg.train.early_stopping.patience))
     compute = TeacherComputeLog(pair, log_fn=trainer.log) if pair.teacher_backend is not None else None
     if compute is not None:
         trainer.add_callback(compute)  # teacher_forwards_per_step (and on_policy_fraction) in the logs
@@ -173,6 +176,7 @@ def train_summary(fitted: FitResult) -> dict[str, Any]:
         "tokens_per_s": round(trainer.tokens_seen / max(trainer.train_seconds, 1e-9), 1),
         "final_loss": trainer.mean_loss(),  # over all steps, across resumes
         "resumed_from": str(fitted.resumed_from) if fitted.resumed_from else None,
+        **trainer.callback_reports(),  # e.g. early_stopped_at_step
         **(fitted.compute.summary(result.global_step) if fitted.compute is not None else {}),  # since the last start
     }
 

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 Evaluate = Callable[[], Mapping[str, Any]]
 LogFn = Callable[[dict[str, float]], None]
+# Called after each periodic evaluation with (metrics, step, args, control), e.g. early stopping.
+Observer = Callable[[Mapping[str, Any], int, TrainingArguments, TrainerControl], None]
 
 
 class PeakMetrics(TrainerCallback):
@@ -33,6 +35,7 @@ class PeakMetrics(TrainerCallback):
     eval_steps: evaluate every this many optimizer steps; None or 0 = only what :meth:`record` is given
         (the post-training evaluation).
     log_fn: where eval metrics go besides the peaks, normally ``trainer.log`` (W&B, TensorBoard, log_history).
+    observers: called after each periodic evaluation (:mod:`farlab.trainer.early_stop` appends itself).
     """
 
     def __init__(self, evaluate: Evaluate, eval_steps: int | None = None, log_fn: LogFn | None = None) -> None:
@@ -43,6 +46,7 @@ class PeakMetrics(TrainerCallback):
         self.log_fn = log_fn
         self.best: dict[str, dict[str, float | int]] = {}
         self.last_step: int | None = None
+        self.observers: list[Observer] = []
 
     def record(self, metrics: Mapping[str, Any], step: int) -> None:
         """Fold one evaluation into the peaks (ties keep the earlier step).
@@ -78,6 +82,8 @@ class PeakMetrics(TrainerCallback):
             control.should_log = should_log
         else:
             log.info("step %d eval: %s", step, metrics)
+        for observe in self.observers:
+            observe(metrics, step, args, control)
         return control
 
     # ---- checkpointed state (see DistillationTrainer._save_checkpoint) --------------------------------------

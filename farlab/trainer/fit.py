@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback, TrainingArguments
 
 from farlab.config import TrainConfig
-from farlab.registry import unknown_choice_message
 from farlab.data.base import TaskData
+from farlab.registry import unknown_choice_message
 from farlab.trainer.pair import DistillationModule
+from farlab.trainer.spike_guard import SpikeGuard
 from farlab.trainer.trainer import DistillationTrainer
+from farlab.trainer.unfreeze import ProgressiveUnfreeze
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +42,7 @@ class FitSettings(TrainConfig):
     @classmethod
     def from_config(cls, node: Any, **overrides: Any) -> FitSettings:
         fields = {k: node[k] for k in cls.__dataclass_fields__ if k in node}
+        fields = {k: OmegaConf.to_object(v) if isinstance(v, DictConfig) else v for k, v in fields.items()}
         fields.update(overrides)
         return cls(**fields)
 
@@ -61,9 +65,46 @@ def train_problems(train_cfg: Any, wandb_cfg: Any) -> list[str]:
         problems.append(f"train.eval_steps={tr.eval_steps} must be >= 1 (or null/0: evaluate only after training)")
     if tr.bf16 and tr.fp16:
         problems.append("train.bf16 and train.fp16 are mutually exclusive")
+    problems += control_problems(tr)
     if wandb_cfg.mode not in WANDB_MODES:
         problems.append(unknown_choice_message("wandb.mode", wandb_cfg.mode, list(WANDB_MODES)))
     return problems
+
+
+def control_problems(tr: Any) -> list[str]:
+    """``train.unfreeze``, ``train.early_stopping`` and ``train.spike_guard`` (the training controls)."""
+    problems = []
+    unfreeze, patience, guard = tr.unfreeze, tr.early_stopping.patience, tr.spike_guard
+    if unfreeze.frozen_blocks < 0:
+        problems.append(f"train.unfreeze.frozen_blocks={unfreeze.frozen_blocks} must be >= 0 (0 = off)")
+    if unfreeze.every is not None and unfreeze.every < 1:
+        problems.append(f"train.unfreeze.every={unfreeze.every} must be >= 1 optimizer steps, or null "
+                        "(the blocks stay frozen for the whole run)")
+    if patience is not None and patience < 1:
+        problems.append(f"train.early_stopping.patience={patience} must be >= 1 evaluations, or null (off)")
+    if patience is not None and not tr.eval_steps:
+        problems.append(f"train.early_stopping.patience={patience} needs the periodic evaluation it watches: "
+                        f"set train.eval_steps >= 1 (got {tr.eval_steps})")
+    if guard.factor is not None and not guard.factor > 1:
+        problems.append(f"train.spike_guard.factor={guard.factor} must be > 1 (a multiple of the running mean), "
+                        "or null (off)")
+    if guard.warmup_steps < 0:
+        problems.append(f"train.spike_guard.warmup_steps={guard.warmup_steps} must be >= 0")
+    if not 0 <= guard.decay < 1:
+        problems.append(f"train.spike_guard.decay={guard.decay} must be in [0, 1)")
+    return problems
+
+
+def training_controls(pair: DistillationModule, settings: FitSettings) -> list[TrainerCallback]:
+    """The callbacks ``train.unfreeze`` and ``train.spike_guard`` ask for (early stopping needs the periodic
+    eval and the task's metric: ``farlab.train.fit`` adds it)."""
+    controls: list[TrainerCallback] = []
+    unfreeze, guard = settings.unfreeze, settings.spike_guard
+    if unfreeze.frozen_blocks > 0:
+        controls.append(ProgressiveUnfreeze(pair.student, unfreeze.frozen_blocks, unfreeze.every, unfreeze.embeddings))
+    if guard.factor is not None:
+        controls.append(SpikeGuard(guard.factor, guard.warmup_steps, guard.decay))
+    return controls
 
 
 def make_trainer(
@@ -109,7 +150,7 @@ def make_trainer(
         train_dataset=data.train,
         data_collator=data.collator,
         processing_class=tokenizer,
-        callbacks=callbacks,
+        callbacks=[*(callbacks or []), *training_controls(pair, settings)],
         teacher_learning_rate=settings.teacher_learning_rate,
     )
 

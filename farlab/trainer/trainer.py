@@ -20,8 +20,8 @@ from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput
 
-from farlab.trainer.pair import DistillationModule
 from farlab.trainer import checkpoints
+from farlab.trainer.pair import DistillationModule
 
 EXTRAS_FILE = "farlab_extras.safetensors"  # projections and a co-trained teacher, beside the student
 STATE_FILE = "farlab_state.json"  # run totals and callback state (e.g. peak metrics), for exact resume
@@ -50,6 +50,11 @@ class DistillationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         total, parts = model(**inputs, step=self.state.global_step, max_steps=max(self.state.max_steps, 1))
+        if model.training:
+            loss = float(total.detach())
+            for cb in self.callback_handler.callbacks:  # e.g. the spike guard: may stop the run before backward
+                if hasattr(cb, "on_train_loss"):
+                    cb.on_train_loss(loss, parts, self.state.global_step)
         for key, value in parts.items():
             self._part_sums[key] += value
         self._part_count += 1
@@ -58,7 +63,7 @@ class DistillationTrainer(Trainer):
             for key, value in parts.items():
                 self.component_totals[key] += value
             self.component_count += 1
-            self.loss_total += float(total.detach())
+            self.loss_total += loss
         return (total, None) if return_outputs else total
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -73,6 +78,14 @@ class DistillationTrainer(Trainer):
         """Mean of each loss component over all training micro-batches of the run (for metrics.json)."""
         n = max(self.component_count, 1)
         return {key: value / n for key, value in sorted(self.component_totals.items())}
+
+    def callback_reports(self) -> dict[str, Any]:
+        """What callbacks add to ``metrics.json["train"]`` (their ``report()``, e.g. the early-stopping step)."""
+        out: dict[str, Any] = {}
+        for cb in self.callback_handler.callbacks:
+            if hasattr(cb, "report"):
+                out.update(cb.report())
+        return out
 
     def mean_loss(self) -> float | None:
         """Mean training loss over all micro-batches of the run, across resumes (None before any step)."""
@@ -166,10 +179,12 @@ class DistillationTrainer(Trainer):
 
     def _finished(self, checkpoint: Path) -> TrainOutput | None:
         """Load a checkpoint taken at the last step instead of training: the Trainer, resumed there, would run
-        one extra step (at learning rate 0, but it still moves the loss totals and the step count)."""
+        one extra step (at learning rate 0, but it still moves the loss totals and the step count). A checkpoint
+        whose restored callbacks say training stopped (early stopping) is the last step too."""
         state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE_NAME))
         target = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
-        if state.global_step < target:
+        stopped = any(cb.stopped_training() for cb in self.callback_handler.callbacks if hasattr(cb, "stopped_training"))
+        if state.global_step < target and not stopped:
             return None
         self.state = state
         self._load_from_checkpoint(str(checkpoint))
