@@ -11,7 +11,7 @@ import csv
 import io
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,18 +299,29 @@ def cell_text(cell: Cell | None, pm: str = "±", n_fmt: str = "(n={n})") -> str:
 SHARED_TEXT = "(shared)"  # the CE baseline's row in the strategy columns after the first
 
 
+def row_texts(t: Table, loss: str, text: Callable[[Cell | None, tuple[str, str]], str],
+              bold: Callable[[str], str]) -> list[str]:
+    """One row's cell texts for any output format: the shared-baseline filler, ``text(cell, key)``, best in ``bold``."""
+    cells = []
+    for key, cell in t.row_cells(loss):
+        if key is None:
+            cells.append(SHARED_TEXT)
+        else:
+            cells.append(bold(text(cell, key)) if key in t.best else text(cell, key))
+    return cells
+
+
+def tex_cell(text: str) -> str:
+    return "--" if text == "-" else text
+
+
 def md_table(t: Table) -> str:
     """Markdown table; best cell in **bold**, a cell with a degenerate run marked †."""
     lines = ["| loss | FAR | " + " | ".join(t.strategies) + " |",
              "|---|---|" + "---|" * len(t.strategies)]
     for loss in t.losses:
-        cells = []
-        for key, cell in t.row_cells(loss):
-            if key is None:
-                cells.append(SHARED_TEXT)
-                continue
-            text = cell_text(cell) + (" †" if key in t.degenerate else "")
-            cells.append(f"**{text}**" if key in t.best else text)
+        cells = row_texts(t, loss, lambda cell, key: cell_text(cell) + (" †" if key in t.degenerate else ""),
+                          lambda text: f"**{text}**")
         lines.append(f"| {t.label(loss)} | {far_code(t.flags.get(loss, {}))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -332,14 +343,8 @@ def tex_table(t: Table) -> str:
               r"(mean $\pm$ std over seeds)}"),
              rf"\begin{{tabular}}{{ll{'c' * len(t.strategies)}}}", r"\toprule", head, r"\midrule"]
     for loss in t.losses:
-        cells = []
-        for key, cell in t.row_cells(loss):
-            if key is None:
-                cells.append(SHARED_TEXT)
-                continue
-            text = cell_text(cell, pm=r"$\pm$", n_fmt="($n$={n})")
-            text = "--" if text == "-" else text
-            cells.append(rf"\textbf{{{text}}}" if key in t.best else text)
+        cells = row_texts(t, loss, lambda cell, key: tex_cell(cell_text(cell, pm=r"$\pm$", n_fmt="($n$={n})")),
+                          lambda text: rf"\textbf{{{text}}}")
         lines.append(" & ".join([tex_escape(t.label(loss)), far_code(t.flags.get(loss, {}))] + cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines)
