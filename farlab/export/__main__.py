@@ -1,0 +1,5 @@
+import sys
+
+from farlab.export.cli import main
+
+sys.exit(main())
