@@ -167,6 +167,17 @@ def fit(cfg: DictConfig, setup: Setup, data: TaskData, tokenizer: Any, run_dir: 
     return FitResult(trainer, result, peak, compute, resume_from, settings.report_to)
 
 
+def export_models(setup: Setup, tokenizer: Any, run_dir: Path) -> dict[str, PreTrainedModel | None]:
+    """Write final/ (the student, adapters merged) and, for a co-trained teacher, final_teacher/ (the teacher the
+    student learned from, read by the workbench). Returns the exported models; a frozen teacher is None here: it
+    did not change, so it is evaluated before training only."""
+    student = export_student(setup.pair.student, tokenizer, run_dir / "final")
+    teacher = None
+    if setup.pair.teacher_trainable:
+        teacher = export_student(setup.teacher, tokenizer, run_dir / "final_teacher")
+    return {"student": student, "teacher": teacher}
+
+
 def train_summary(fitted: FitResult) -> dict[str, Any]:
     trainer, result = fitted.trainer, fitted.result
     return {
@@ -198,14 +209,10 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     pre_extra = evaluate_extra(data, pre_models, eval_bs, "pre", progress)  # task.extra_eval_files, if any
 
     fitted = fit(cfg, setup, data, tokenizer, run_dir, stop or GracefulStop())
-    student = export_student(setup.pair.student, tokenizer, run_dir / "final")
-    if setup.pair.teacher_trainable:  # the post-training teacher the student learned from (read by the workbench)
-        setup.teacher = export_student(setup.teacher, tokenizer, run_dir / "final_teacher")
-    post = {"student": evaluate_model(student, data, eval_bs, "post-eval student", progress)}
-    if setup.teacher is not None and setup.pair.teacher_trainable:
-        post["teacher"] = evaluate_model(setup.teacher, data, eval_bs, "post-eval teacher", progress)
-    post_teacher = setup.teacher if "teacher" in post else None  # evaluated after training only when it trained
-    post_extra = evaluate_extra(data, {"student": student, "teacher": post_teacher}, eval_bs, "post", progress)
+    post_models = export_models(setup, tokenizer, run_dir)
+    post = {role: evaluate_model(model, data, eval_bs, f"post-eval {role}", progress)
+            for role, model in post_models.items() if model is not None}
+    post_extra = evaluate_extra(data, post_models, eval_bs, "post", progress)
     fitted.peak.record(post["student"], fitted.result.global_step)
 
     primary = data.primary_metric
