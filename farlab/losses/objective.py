@@ -63,11 +63,6 @@ class DistillationObjective(nn.Module):
         return any(c.needs_attentions for c in self.components.values())
 
     @property
-    def needs_final_hidden(self) -> bool:
-        """A chunked response loss wants ``final_hidden`` + ``lm_head`` (and no full logits)."""
-        return self.lm_chunk_size is not None
-
-    @property
     def lm_chunk_size(self) -> int | None:
         """Rows per chunk of the chunked LM response path (None = dense logits)."""
         sizes = [c.chunk_size for c in self.components.values() if getattr(c, "chunk_size", None)]

@@ -79,11 +79,6 @@ class ResponseLoss(LossComponent):
         self.chunk_size, self.topk_tail = chunk_size, topk_tail
         self.teacher_entropy: Tensor | None = None  # detached, set by every forward
 
-    @property
-    def needs_final_hidden(self) -> bool:
-        """True when the trainer should pass ``final_hidden`` + ``lm_head`` instead of full logits."""
-        return self.chunk_size is not None
-
     def extra_repr(self) -> str:
         return f"fn={self.fn}, T={self.temperature}, chunk_size={self.chunk_size}, topk_tail={self.topk_tail}"
 
