@@ -172,7 +172,7 @@ class TrainConfig:
     epochs: float = 3.0
     max_steps: int = -1
     batch_size: int = 32
-    eval_batch_size: int = 64
+    eval_batch_size: int = 128
     learning_rate: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
