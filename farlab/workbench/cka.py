@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from farlab.models.loading import model_shape
-from farlab.workbench.features import hidden_features, input_rows
+from farlab.workbench.features import by_length, hidden_features, input_rows
 from farlab.workbench.loading import RunContext, ToolOptions, WorkbenchError, check_layers, seeded_subset
 from farlab.workbench.outputs import print_table, save_figure, write_csv, write_json
 from farlab.workbench.similarity import cka_matrix, monotone_layer_map
@@ -45,7 +45,8 @@ def _token_rows(n_tokens: int, seed: int) -> np.ndarray:
 def run_cka(ctx: RunContext, opts: ToolOptions) -> dict[str, Any]:
     start = time.perf_counter()
     seed, batch = opts.seed_for(ctx), opts.batch_for(ctx)
-    rows = seeded_subset(len(input_rows(ctx.data, "eval")), opts.limit or DEFAULT_EVAL_LIMIT, seed)
+    rows = by_length(ctx.data, "eval", seeded_subset(len(input_rows(ctx.data, "eval")),
+                                                      opts.limit or DEFAULT_EVAL_LIMIT, seed))
     if len(rows) < 4:
         raise WorkbenchError(f"cka needs at least 4 examples, --limit gives {len(rows)}")
     teacher = ctx.teacher()

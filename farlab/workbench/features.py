@@ -42,6 +42,13 @@ def input_rows(data: TaskData, split: str):
     return dataset
 
 
+def by_length(data: TaskData, split: str, rows: np.ndarray) -> np.ndarray:
+    """``rows`` reordered by input length (stable): batches of similar lengths carry little padding, which makes
+    the forwards 2-3x faster on short-sentence tasks. Every result keeps this order (labels are read in it too)."""
+    lengths = np.array([len(ids) for ids in input_rows(data, split).select(rows.tolist())["input_ids"]])
+    return rows[np.argsort(lengths, kind="stable")]
+
+
 @torch.no_grad()
 def hidden_features(model: torch.nn.Module, data: TaskData, rows: np.ndarray, layers: list[int], split: str,
                     batch_size: int, desc: str, keep_tokens: bool = False, progress: bool = True) -> LayerFeatures:

@@ -1,8 +1,8 @@
 """``headft``: were the features there? Freeze the body, re-train only the classification head.
 
 For the distilled student, the CE-only twin (``--baseline``) and the teacher, the head is re-initialised and
-trained alone on the training split with the run's recipe knobs (epochs, batch size, weight decay, warmup, linear
-decay; the learning rate is the tool's own, see below). If head-only training closes most of the gap to the
+trained alone on the training split (inputs standardised, see :func:`train_head`) with the run's recipe knobs
+(epochs, batch size, weight decay, warmup, linear decay; the learning rate is the tool's own, see below). If head-only training closes most of the gap to the
 teacher, the student's features already carried the task (an alignment problem); if not, capacity.
 
 Why a plain loop over cached features: with the body frozen (and in eval mode, so no dropout), the head's input
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from farlab.eval.metrics import METRICS
-from farlab.workbench.features import model_inputs
+from farlab.workbench.features import by_length, model_inputs
 from farlab.workbench.loading import Model, RunContext, ToolOptions, WorkbenchError, seeded_subset
 from farlab.workbench.outputs import print_table, save_figure, write_csv, write_json
 
@@ -67,11 +67,28 @@ def head_inputs(entry: Model, data: Any, split: str, rows: np.ndarray, batch_siz
     return features, torch.cat(labels)
 
 
+class Standardize(nn.Module):
+    """``(x - mean) / std`` with the training features' statistics: an affine map a linear head absorbs
+    (``W' = W / std``, ``b' = b - W' mean``), so the trained pair is still a head on the frozen features."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", x.mean(0))
+        self.register_buffer("std", x.std(0).clamp(min=1e-6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 def train_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[str, Any], seed: int) -> nn.Module:
-    """AdamW with linear warmup/decay over shuffled mini-batches of the cached features."""
+    """AdamW with linear warmup/decay over shuffled mini-batches of the cached, standardised features.
+
+    Standardised because pooled features can be tiny (all-MiniLM's pooler output has std ~0.07): a fresh head on
+    them predicts the majority class for many epochs at any usual learning rate.
+    """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    head.train()
+    model = nn.Sequential(Standardize(x), head).train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
     steps_per_epoch = math.ceil(len(x) / recipe["batch_size"])
     total = max(1, round(recipe["epochs"] * steps_per_epoch))
@@ -79,7 +96,7 @@ def train_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[s
     step = 0
     while step < total:
         for idx in torch.randperm(len(x), generator=generator).split(recipe["batch_size"]):
-            loss = nn.functional.cross_entropy(head(x[idx]), y[idx])
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -87,8 +104,7 @@ def train_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: dict[s
             step += 1
             if step >= total:
                 break
-    head.eval()
-    return head
+    return model.eval()
 
 
 def _score(head: nn.Module, x: torch.Tensor, y: torch.Tensor, primary: str) -> dict[str, float]:
@@ -134,8 +150,8 @@ def run_headft(ctx: RunContext, opts: ToolOptions) -> dict[str, Any]:
     recipe = {"epochs": float(opts.epochs or train.epochs), "batch_size": int(train.batch_size),
               "learning_rate": float(opts.learning_rate), "weight_decay": float(train.weight_decay),
               "warmup_ratio": float(train.warmup_ratio)}
-    train_rows = seeded_subset(len(ctx.data.train), opts.limit, seed)
-    eval_rows = np.arange(len(ctx.data.eval))
+    train_rows = by_length(ctx.data, "train", seeded_subset(len(ctx.data.train), opts.limit, seed))
+    eval_rows = by_length(ctx.data, "eval", np.arange(len(ctx.data.eval)))
     models = [ctx.student_after(), *([ctx.baseline(opts.baseline)] if opts.baseline else []), ctx.teacher()]
     results, rows = {}, []
     for entry in models:

@@ -18,7 +18,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 from farlab.eval.metrics import METRICS
-from farlab.workbench.features import hidden_features
+from farlab.workbench.features import by_length, hidden_features
 from farlab.workbench.loading import Model, RunContext, ToolOptions, WorkbenchError, check_layers, seeded_subset
 from farlab.workbench.outputs import print_table, save_figure, write_csv, write_json
 
@@ -29,8 +29,14 @@ ROLES = ("teacher", "student_before", "student_after")
 
 
 def fit_probe(train_x: np.ndarray, train_y: np.ndarray, eval_x: np.ndarray, seed: int) -> np.ndarray:
-    """Eval-split predictions of a standardised L2 logistic regression (C=1) fit on the training features."""
-    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000, random_state=seed))
+    """Eval-split predictions of a standardised L2 logistic regression (C=1) fit on the training features.
+
+    Two classes: liblinear (the same optimum as lbfgs here, ~10x faster on a few thousand rows of 384-768
+    features); more classes: lbfgs (multinomial).
+    """
+    solver = "liblinear" if len(np.unique(train_y)) <= 2 else "lbfgs"
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, solver=solver, max_iter=2000,
+                                                               random_state=seed))
     probe.fit(train_x, train_y)
     return probe.predict(eval_x)
 
@@ -63,10 +69,11 @@ def run_probe(ctx: RunContext, opts: ToolOptions) -> dict[str, Any]:
     start = time.perf_counter()
     seed, batch = opts.seed_for(ctx), opts.batch_for(ctx)
     primary = ctx.data.primary_metric
-    train_rows = seeded_subset(len(ctx.data.train), opts.limit or DEFAULT_TRAIN_LIMIT, seed)
-    eval_rows = np.arange(len(ctx.data.eval))
+    train_rows = by_length(ctx.data, "train", seeded_subset(len(ctx.data.train), opts.limit or DEFAULT_TRAIN_LIMIT,
+                                                             seed))
+    eval_rows = by_length(ctx.data, "eval", np.arange(len(ctx.data.eval)))
     train_y = np.asarray(ctx.data.train.select(train_rows.tolist())["labels"])
-    eval_y = np.asarray(ctx.data.eval["labels"])
+    eval_y = np.asarray(ctx.data.eval.select(eval_rows.tolist())["labels"])
     models = _models(ctx, opts)
     rows: list[dict[str, Any]] = []
     for entry, layers in models:
@@ -86,7 +93,7 @@ def run_probe(ctx: RunContext, opts: ToolOptions) -> dict[str, Any]:
     payload = {
         "tool": "probe", **ctx.describe(*(m for m, _ in models)),
         "primary_metric": primary, "train_examples": len(train_rows), "eval_examples": len(eval_rows),
-        "eval_split": ctx.data.eval_split_name, "probe": "StandardScaler + LogisticRegression(C=1, L2), scikit-learn",
+        "eval_split": ctx.data.eval_split_name, "probe": "StandardScaler + LogisticRegression(C=1, L2; liblinear for 2 classes, else lbfgs), scikit-learn",
         "emergence_rule": f"first layer whose probe reaches {EMERGENCE:.0%} of the model's best probe score",
         "summary": summary, "layers": rows, "wall_s": round(time.perf_counter() - start, 1),
     }

@@ -54,7 +54,7 @@ def test_head_training_separates_separable_features():
     x[:, 0] += 3.0 * (2 * y.float() - 1)  # class signal on one feature
     head = torch.nn.Linear(6, 2)
     torch.nn.init.zeros_(head.weight)  # a fresh head starts near zero (BERT: N(0, 0.02)), as _fresh_head does
-    recipe = {"epochs": 3, "batch_size": 16, "learning_rate": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.1}
+    recipe = {"epochs": 20, "batch_size": 16, "learning_rate": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.1}
     trained = train_head(head, x, y, recipe, seed=0)
     accuracy = (trained(x).argmax(-1) == y).float().mean().item()
     assert accuracy > 0.95
