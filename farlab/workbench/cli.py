@@ -99,7 +99,7 @@ def run_all(ctx: RunContext, opts: ToolOptions) -> dict[str, Any]:
         start = time.perf_counter()
         summary |= tool(ctx, opts)
         timings[name] = round(time.perf_counter() - start, 1)  # includes loading models the first tool needs
-    write_json(ctx.out_root / "all.json", {"tool": "all", **ctx.describe(*ctx._models.values()),
+    write_json(ctx.out_root / "all.json", {"tool": "all", **ctx.describe(*ctx.loaded()),
                                            "wall_s": timings, "summary": summary})
     print_table("workbench: wall time per tool", ["tool", "seconds"], list(timings.items()))
     return summary

@@ -93,6 +93,14 @@ class RunContext:
             self._models[role] = entry
         return self._models[role]
 
+    def loaded(self) -> list[Model]:
+        """The models built so far (what a combined report describes)."""
+        return list(self._models.values())
+
+    def release(self) -> None:
+        """Drop the loaded models (a sweep keeps one run's models at a time)."""
+        self._models.clear()
+
     def student_after(self) -> Model:
         return self._load("student_after", lambda: Model(
             "student_after", self._from_pretrained(self.run_dir / "final"), f"final/ of {self.run_dir}"))

@@ -8,6 +8,7 @@ mean per (cell, strategy). Written to ``<sweep dir>/workbench/<tool>_summary.{cs
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -78,12 +79,12 @@ def run_sweep(root: Path, tool: str, run_tool: Callable[[RunContext, ToolOptions
                 "teacher_strategy": ctx.cfg.teacher_strategy.name, "seed": int(ctx.cfg.seed), **_metrics_row(ctx)}
         run_opts = opts
         if opts.baseline is None and ctx.plan.far_cell != "ce":
-            run_opts = ToolOptions(**{**opts.__dict__, "baseline": _find_baseline(opened, ctx)})
+            run_opts = dataclasses.replace(opts, baseline=_find_baseline(opened, ctx))
         try:
             rows.append(base | run_tool(ctx, run_opts))
         except WorkbenchError as err:
             skipped.append({"run_dir": base["run_dir"], "reason": str(err)})
-        ctx._models.clear()  # one run's models at a time
+        ctx.release()  # one run's models at a time
     out = root / WORKBENCH_DIR
     out.mkdir(exist_ok=True)
     by_cell = _by_cell(rows)
