@@ -205,3 +205,12 @@ def test_sweep_writes_one_summary_and_skips_unfinished_runs(runs, tmp_path):
     assert kd_row["student_ece"] == read(runs["kd"] / "metrics.json")["post"]["student"]["ece"]
     assert kd_row["cka_mapped_after"] is not None and (sweep / "workbench" / "cka_summary.csv").is_file()
     assert (sweep / "loss=combined_fr" / "workbench" / "cka" / "cka.json").is_file()
+
+
+def test_keep_final_false_also_drops_the_final_teacher(runs, tmp_path):
+    from farlab.trainer.checkpoints import prune_completed_run
+
+    run = copy_run(runs["cotrain"], tmp_path / "run")
+    removed = prune_completed_run(run, "none", keep_final=False)
+    assert {p.name for p in removed} >= {"final", "final_teacher"}
+    assert not (run / "final").exists() and not (run / "final_teacher").exists()
