@@ -35,7 +35,7 @@ config.yaml (the run's config). See docs/export.md for what parity means and its
 """
 
 
-def export(run_dir: str | Path, fmt: str, dtype: str | None = None, threads: int = 2, rows: int = 8,
+def export(run_dir: str | Path, fmt: str, dtype: str | None = None, threads: int = 1, rows: int = 8,
            latency_rows: int = 0, force: bool = False, allow_mismatch: bool = False) -> dict[str, Any]:
     """Export one run's final/ student; returns ``{"out_dir", "reused", "parity", "provenance"}``."""
     if fmt not in FORMATS:
@@ -53,7 +53,6 @@ def export(run_dir: str | Path, fmt: str, dtype: str | None = None, threads: int
     if is_complete(out) and not force:
         log.info("%s already exists (--force rebuilds it)", out)
         return {"out_dir": out, "reused": True, **_read_reports(out)}
-    torch.set_num_threads(threads)
 
     def build(staging: Path) -> None:
         model_file, report = spec.build(src, staging, options)
@@ -66,10 +65,15 @@ def export(run_dir: str | Path, fmt: str, dtype: str | None = None, threads: int
         _write_json(staging / "provenance.json", provenance(src, fmt, dtype, model_file, list(spec.packages)))
 
     out.parent.mkdir(exist_ok=True)
-    if force:
-        _rebuild(out, build)
-    else:
-        build_once(out, build, what=f"{fmt} export")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # restored after: a caller's (e.g. a test session's) thread count is its own
+    try:
+        if force:
+            _rebuild(out, build)
+        else:
+            build_once(out, build, what=f"{fmt} export")
+    finally:
+        torch.set_num_threads(previous_threads)
     return {"out_dir": out, "reused": False, **_read_reports(out)}
 
 
@@ -105,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, help="a completed run dir (with final/ and config.yaml)")
     parser.add_argument("--format", required=True, dest="fmt", help=f"one of: {', '.join(FORMATS)}")
     parser.add_argument("--dtype", help="weights' dtype (default: the format's first: float32)")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and onnxruntime (2)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and onnxruntime (1: on a busy "
+                        "machine torch's OpenMP pool with 2+ threads can wait on a busy core for ~0.5 s per call)")
     parser.add_argument("--rows", type=int, default=8, help="text decoders: eval prompts generated in both runtimes")
     parser.add_argument("--latency-rows", type=int, default=0, help="also time batch-1 forwards on this many eval "
                         "rows in both runtimes (onnx; written under parity.json's 'latency')")

@@ -21,7 +21,7 @@ from farlab.registry import Registry
 @dataclass(frozen=True)
 class ExportOptions:
     dtype: str
-    threads: int = 2  # torch and onnxruntime intra-op threads (the same for a fair latency comparison)
+    threads: int = 1  # torch and onnxruntime intra-op threads (the same for both: a fair latency comparison)
     rows: int = 8  # text decoders: eval prompts generated in both runtimes
     latency_rows: int = 0  # > 0: also time batch-1 forwards on this many eval rows in both runtimes
 
