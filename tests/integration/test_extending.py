@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 from torch import Tensor
 
 from farlab.data import TASK_FAMILIES
@@ -141,3 +141,25 @@ def test_a_new_task_kind_is_one_record_plus_its_handler(registered, compose_cfg,
     metrics = _train(compose_cfg, store_dir, tmp_path / "run", **{"task.family": "toy_family"})
     assert 0.0 <= metrics["post"]["student"]["positive_rate"] <= 1.0
     assert "mcc" in metrics["pre"]["student"] and "positive_rate" in metrics["pre"]["student"]
+
+
+def test_a_new_glue_style_task_is_one_yaml(compose_cfg, store_dir, tmp_path):
+    """Everything about a TSV classification task is its YAML: the columns, labels, metrics and files."""
+    data_dir = tmp_path / "reviews"
+    data_dir.mkdir()
+    rows = "".join(f"{text}\t{label}\n" for text, label in [("good film", "pos"), ("dull plot", "neg")] * 16)
+    for name in ("train.tsv", "valid.tsv"):
+        (data_dir / name).write_text("review\tsentiment\n" + rows)
+    task_yaml = f"""
+name: reviews
+family: glue
+layout: {{text_columns: [review], label_column: sentiment, labels: [neg, pos], eval_files: [valid.tsv]}}
+data_dir: {data_dir}
+max_length: 32
+metrics: [accuracy, macro_f1]
+"""  # what conf/task/reviews.yaml would hold
+    cfg = compose_cfg(tiny_overrides(store_dir, **STEPS))
+    cfg.task = OmegaConf.create(task_yaml)
+    metrics = run(cfg, tmp_path / "run")
+    assert metrics["task"] == "reviews" and metrics["eval_split"] == "valid.tsv"
+    assert set(metrics["post"]["student"]["per_class_recall"]) == {"neg", "pos"}
