@@ -31,7 +31,7 @@ from farlab.errors import ConfigError, DataError
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import build_model, build_student, head_for, load_tokenizer, model_shape
 from farlab.teachers.store import TeacherStore
-from farlab.teachers.strategies import TeacherSettings, sft_store_material
+from farlab.teachers.strategies import TeacherSettings, sft_store_material, sft_store_name
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class RunContext:
     data: TaskData
     plan: LossPlan
     device: torch.device
+    raw_cfg: DictConfig  # config.yaml exactly as the run wrote it (cfg has today's schema defaults merged in)
     _models: dict[str, Model] = field(default_factory=dict)
 
     @property
@@ -139,16 +140,8 @@ class RunContext:
             return Model("teacher", self._from_pretrained(path),
                          f"final_teacher/ of {self.run_dir}: the co-trained teacher after training")
         if ts.init == "sft":
-            name = f"{self.cfg.task.name}-{self.cfg.model.teacher.name}-seed{self.cfg.seed}"
-            entry = TeacherStore(ts.store_dir).entry_dir(name, sft_store_material(TeacherSettings.from_run_config(self.cfg)))
-            if not (entry / "config.json").is_file():
-                raise WorkbenchError(
-                    f"the SFT teacher of this run is not in the store: {entry} does not exist "
-                    f"(teacher_strategy.store_dir={ts.store_dir}). Point FARLAB_TEACHER_STORE or "
-                    "teacher_strategy.store_dir at the store the run used, or train it again with "
-                    "python -m farlab.train and the run's overrides")
-            return Model("teacher", self._from_pretrained(entry),
-                         f"SFT teacher store entry {entry}" + unused)
+            entry = self._sft_entry()
+            return Model("teacher", self._from_pretrained(entry), f"SFT teacher store entry {entry}" + unused)
         # init=base: the pretrained body plus the head the run initialised with its seed (never trained).
         set_seed(self.cfg.seed)
         try:
@@ -160,6 +153,23 @@ class RunContext:
                      note=None if not self.classifies else (
                          "init=base: the classifier head is freshly initialised with the run's seed and was never "
                          "trained, so the teacher's own predictions are those of a random head"))
+
+    def _sft_entry(self) -> Path:
+        """The run's SFT store entry. Its key is computed from config.yaml as the run wrote it first (fields the
+        schema gained since then would change the key), then with today's defaults merged in."""
+        store = TeacherStore(self.cfg.teacher_strategy.store_dir)
+        tried = []
+        for cfg in (self.raw_cfg, self.cfg):
+            settings = TeacherSettings.from_run_config(cfg)
+            entry = store.entry_dir(sft_store_name(settings), sft_store_material(settings))
+            if (entry / "config.json").is_file():
+                return entry
+            tried.append(str(entry))
+        raise WorkbenchError(
+            f"the SFT teacher of this run is not in the store: none of {', '.join(dict.fromkeys(tried))} exists "
+            f"(teacher_strategy.store_dir={self.cfg.teacher_strategy.store_dir}). Point FARLAB_TEACHER_STORE or "
+            "teacher_strategy.store_dir at the store the run used, or train it again with python -m farlab.train "
+            "and the run's overrides")
 
     def baseline(self, other: RunContext) -> Model:
         """The student of another run (e.g. the CE-only twin), for comparisons."""
@@ -208,21 +218,21 @@ def check_run_dir(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return meta, _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
 
 
-def load_config(run_dir: Path) -> DictConfig:
-    """config.yaml merged onto the schema, so fields added since the run get their defaults."""
+def load_config(run_dir: Path) -> tuple[DictConfig, DictConfig]:
+    """config.yaml as written, and merged onto the schema (fields added since the run get their defaults)."""
     register_configs()
     raw = OmegaConf.load(run_dir / "config.yaml")
     try:
-        return OmegaConf.merge(OmegaConf.structured(FarlabConfig), raw)
+        return raw, OmegaConf.merge(OmegaConf.structured(FarlabConfig), raw)
     except Exception:  # noqa: BLE001 - an older config with fields the schema dropped: use it as written
-        return raw
+        return raw, raw
 
 
 def open_run(run_dir: str | Path, device: str | None = None) -> RunContext:
     """Check and open a completed run dir (config, tokenizer, task data); models load on first use."""
     run_dir = Path(run_dir).resolve()
     meta, metrics = check_run_dir(run_dir)
-    cfg = load_config(run_dir)
+    raw, cfg = load_config(run_dir)
     plan = LossPlan.from_config(cfg.loss)
     try:
         tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.get("processor"))
@@ -230,7 +240,7 @@ def open_run(run_dir: str | Path, device: str | None = None) -> RunContext:
     except (ConfigError, DataError) as err:
         raise WorkbenchError(f"cannot rebuild the data of {run_dir}: {err}") from err
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return RunContext(run_dir, cfg, meta, metrics, tokenizer, data, plan, dev)
+    return RunContext(run_dir, cfg, meta, metrics, tokenizer, data, plan, dev, raw)
 
 
 def seeded_subset(n_rows: int, limit: int | None, seed: int) -> np.ndarray:

@@ -164,7 +164,7 @@ def test_generation_run_disagree_lists_worst_examples_and_headft_refuses(runs, c
     assert not (run / "workbench" / "headft").exists() and snapshot(run) == before
 
 
-@pytest.mark.parametrize("case", ["running", "failed", "no_final", "layer", "no_final_teacher"])
+@pytest.mark.parametrize("case", ["running", "failed", "no_final", "layer", "no_final_teacher", "no_store"])
 def test_bad_input_is_a_clear_error_and_changes_nothing(runs, tmp_path, capsys, case):
     source = runs["cotrain"] if case == "no_final_teacher" else runs["kd"]
     run = copy_run(source, tmp_path / "run")
@@ -180,9 +180,13 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(runs, tmp_path, capsys, 
     elif case == "layer":
         args += ["--teacher-layers", "0,9"]
         expected = "--teacher-layers: layer 9 is out of range for the teacher (4 blocks): valid 0..4"
-    else:
+    elif case == "no_final_teacher":
         shutil.rmtree(run / "final_teacher")
         expected = "no final_teacher/"
+    else:  # the run's SFT teacher is not in the store it names
+        config = (run / "config.yaml").read_text()
+        (run / "config.yaml").write_text(config.replace(str(source.parent / "store"), str(tmp_path / "empty_store")))
+        expected = "the SFT teacher of this run is not in the store"
     before = snapshot(run)
     assert main(args) == 2
     err = capsys.readouterr().err
