@@ -9,14 +9,15 @@ Dense teachers fill ``ModelView.logits``; sparse ones fill ``ModelView.topk`` wi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from farlab.losses.base import ModelView, TopK
+from farlab.losses.base import ModelShape, ModelView, TopK
 
 DEFAULT_TOP_K = 20  # cache/openai with teacher.top_k=null; vLLM's default --max-logprobs cap
 
@@ -46,12 +47,12 @@ class TeacherBackend(ABC):
 class PreparedTeacher:
     """What a backend's setup hands to the run (see :mod:`farlab.teachers.backends`)."""
 
-    model: Any = None  # the in-process teacher (hf), else None
-    shape: Any = None  # ModelShape of the teacher, for the loss builder
+    make_backend: Callable[[nn.Module | None], TeacherBackend]  # (in-process teacher or None), after LoRA wrapping
+    model: nn.Module | None = None  # the in-process teacher (hf), else None
+    shape: ModelShape | None = None  # the teacher's shape, for the loss builder
     vocab_size: int | None = None  # width of the teacher's logits; None = unknown (server)
     metrics: dict[str, Any] | None = None  # pre-training teacher metrics known without the model (cache)
-    make_backend: Any = None  # (in-process teacher or None) -> TeacherBackend, called after LoRA wrapping
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # backend-specific provenance (the cache, the client)
 
 
 def topk_from_logits(logits: Tensor, k: int) -> TopK:
