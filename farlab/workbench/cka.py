@@ -135,7 +135,7 @@ def _plot(matrices: dict, s_layers: list[int], t_layers: list[int], used: list, 
                 for (i, j), value in np.ndenumerate(matrix):
                     ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
                             color="white" if value < 0.6 else "black")
-            for pairs, marker, color, label in ((used, "o", "white", "layer map used"),
+            for pairs, marker, color, label in ((used, "o", "cyan", "layer map used"),
                                                 (suggested[role], "x", "red", "suggested (max CKA)")):
                 pts = [(t_index[t], s_index[s]) for s, t in pairs if s in s_index and t in t_index]
                 if pts:
@@ -147,6 +147,6 @@ def _plot(matrices: dict, s_layers: list[int], t_layers: list[int], used: list, 
             ax.set_ylabel("student layer")
             ax.set_title(f"{role.replace('_', ' ')}, per {gran}", fontsize=9)
             fig.colorbar(image, ax=ax, fraction=0.046)
-    axes[0, 0].legend(fontsize=7, loc="upper left")
-    fig.suptitle(f"linear CKA: {ctx.label}", fontsize=9)
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="upper right", fontsize=7, ncol=2)  # off the cells
+    fig.suptitle(f"linear CKA: {ctx.label}", fontsize=9, x=0.02, ha="left")
     save_figure(fig, path)
