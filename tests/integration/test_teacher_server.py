@@ -98,7 +98,7 @@ def test_server_topk_equals_the_in_process_teacher_batch_by_batch(shared_server,
                                                             "teacher.openai.base_url": shared_server.base_url}))
     data = build_task_data(cfg.task, AutoTokenizer.from_pretrained(teacher_folder), cfg.seed)
     teacher = AutoModelForCausalLM.from_pretrained(teacher_folder).eval()
-    hf, remote = HFBackend(teacher, top_k=K), OpenAIBackend(make_client(cfg, data.tokenizer), K)
+    hf, remote = HFBackend(teacher, top_k=K), OpenAIBackend(make_client(cfg.teacher.openai, data.tokenizer), K)
     student_logits = torch.randn(64, 64, 1024, generator=torch.Generator().manual_seed(0))
     for batch in list(DataLoader(data.train, batch_size=8, collate_fn=data.collator))[:2]:
         flags = dict(hidden_states=False, attentions=False, grad=False, detach=True)
@@ -122,7 +122,7 @@ def test_prompt_lists_give_the_same_topk_in_fewer_requests(shared_server, teache
             "teacher": "openai", "teacher.openai.base_url": shared_server.base_url,
             "teacher.openai.prompts_per_request": per_request}))
         data = build_task_data(cfg.task, AutoTokenizer.from_pretrained(teacher_folder), cfg.seed)
-        client = make_client(cfg, data.tokenizer)
+        client = make_client(cfg.teacher.openai, data.tokenizer)
         sent: list[str] = []
         plain_request = client._request
 

@@ -26,7 +26,8 @@ def _overrides(store, **extra):
 
 
 def test_a_teacher_with_another_tokenizer_is_refused_for_response_losses(compose_cfg, tmp_path, store_dir, monkeypatch):
-    monkeypatch.setattr("farlab.train.build_model", lambda *a, **k: pytest.fail("refused before any model loads"))
+    monkeypatch.setattr("farlab.models.loading.build_model",
+                        lambda *a, **k: pytest.fail("refused before any model loads"))
     wordpiece = REPO_ROOT / "farlab" / "assets" / "tiny_wordpiece"
     overrides = _overrides(store_dir, **{"model.teacher_tokenizer": str(wordpiece)})
     with pytest.raises(ConfigError, match=r"differs from the student.s.*shared tokenizer.*feature-only losses"):

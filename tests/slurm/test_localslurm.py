@@ -59,8 +59,10 @@ APP = '''
 import json, os
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra_plugins.farlab_sweeper import register
 from omegaconf import OmegaConf
 
+register()  # hydra/sweeper=farlab, which far_factorial selects (farlab.train registers it the same way)
 MCC = {"combined_f": 0.2, "combined_far": 0.3}
 
 
