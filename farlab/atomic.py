@@ -66,19 +66,20 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def build_once(entry: Path, build: Callable[[Path], None] | None, what: str = "entry") -> bool:
+def build_once(entry: Path, build: Callable[[Path], None] | None, what: str = "entry", force: bool = False) -> bool:
     """Make sure ``entry`` is complete: build it into a staging folder under a lock when missing.
 
     ``build(staging)`` writes the folder's content. Returns True when the entry already existed (reused).
-    ``build=None`` refuses a missing entry by raising :class:`FileNotFoundError`.
+    ``build=None`` refuses a missing entry by raising :class:`FileNotFoundError`. ``force`` builds even when the
+    entry exists and swaps the new one in; the old one stays readable until then.
     """
-    if is_complete(entry):
+    if is_complete(entry) and not force:
         return True
     with file_lock(entry.parent / f"{entry.name}.lock"):
-        if is_complete(entry):  # another process built it while we waited
+        if is_complete(entry) and not force:  # another process built it while we waited
             log.info("%s built by another process: %s", what, entry)
             return True
-        if entry.exists():
+        if entry.exists() and not force:
             log.warning("ignoring incomplete %s %s (no %s marker: an interrupted build)", what, entry, COMPLETE_MARKER)
         if build is None:
             raise FileNotFoundError(entry)

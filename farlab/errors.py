@@ -12,3 +12,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """A data file is missing, malformed or holds values outside the task's label set."""
+
+
+class RunDirError(ValueError):
+    """A run dir that cannot be read as a finished run (missing, unfinished, or its final/ removed)."""

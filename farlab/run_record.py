@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from farlab.config import REPO_ROOT, FarlabConfig
-from farlab.errors import ConfigError
+from farlab.errors import ConfigError, RunDirError
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,37 @@ def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
         return _reload(OmegaConf.to_yaml(OmegaConf.merge(OmegaConf.structured(FarlabConfig), stored)))
     except Exception:  # noqa: BLE001 - a key the schema dropped or retyped: compare what was stored
         return stored
+
+
+def read_run_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirError(f"cannot read {path}: {err}") from err
+
+
+def finished_run(run_dir: Path, reader: str) -> dict[str, Any]:
+    """run_metadata.json of a completed run that still has final/ and config.yaml; otherwise a RunDirError that
+    says why and how to get one. ``reader`` names who needs it, for the message (e.g. "the workbench")."""
+    if not run_dir.is_dir():
+        raise RunDirError(f"run dir {run_dir} does not exist")
+    meta_path = run_dir / "run_metadata.json"
+    if not meta_path.is_file():
+        raise RunDirError(f"{run_dir} is not a run dir: no run_metadata.json (see docs/run_dir.md)")
+    meta = read_run_json(meta_path)
+    status = meta.get("status")
+    if status != "completed":
+        why = {"running": "it is still running (or was killed without warning)",
+               "failed": f"it failed ({meta.get('error')})",
+               "preempted": "it was preempted; resume it with the same command"}.get(str(status), "unknown status")
+        raise RunDirError(f"{run_dir} has status {status!r}, not 'completed': {why}. {reader} reads finished runs "
+                          "only (final/ and metrics.json)")
+    if not (run_dir / "final" / "config.json").is_file():
+        raise RunDirError(f"{run_dir} has no final/ (the trained student): train.keep_final=false removes it. "
+                          "Re-run the job with train.keep_final=true rerun=true to get it back")
+    if not (run_dir / "config.yaml").is_file():
+        raise RunDirError(f"{run_dir} has no config.yaml (the run's resolved config)")
+    return meta
 
 
 def completed_run(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:

@@ -44,6 +44,21 @@ def glue_task(**fields: Any) -> DictConfig:
     return OmegaConf.create({**base, "family": "glue", **fields})
 
 
+def train_runs(root: Path, runs: dict[str, dict[str, Any]], **common: Any) -> dict[str, Path]:
+    """Real tiny runs through ``farlab.train.execute``, one run dir per name under ``root`` (module fixtures)."""
+    from farlab.train import execute
+
+    register_configs()
+    out = {}
+    for name, extra in runs.items():
+        overrides = tiny_overrides(root / "store", **{**common, **extra})
+        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+        execute(cfg, root / name, overrides)
+        out[name] = root / name
+    return out
+
+
 def tiny_overrides(store: Path, **extra: object) -> list[str]:
     """A run that finishes in seconds: tiny BERTs, 64 CoLA rows, 4 optimizer steps."""
     base = {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import torch
 
-from farlab.atomic import build_once, file_lock, is_complete, publish
+from farlab.atomic import build_once, is_complete
 from farlab.export.formats import FORMATS, ExportOptions
 from farlab.export.source import ExportError, ParityError, open_source, provenance
 from farlab.registry import unknown_choice_message
@@ -68,27 +67,10 @@ def export(run_dir: str | Path, fmt: str, dtype: str | None = None, threads: int
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)  # restored after: a caller's (e.g. a test session's) thread count is its own
     try:
-        if force:
-            _rebuild(out, build)
-        else:
-            build_once(out, build, what=f"{fmt} export")
+        build_once(out, build, what=f"{fmt} export", force=force)  # --force: rebuilt beside, then swapped in
     finally:
         torch.set_num_threads(previous_threads)
     return {"out_dir": out, "reused": False, **_read_reports(out)}
-
-
-def _rebuild(out: Path, build: Any) -> None:
-    """--force: build beside the existing export under the same lock, then swap it in (publish replaces it)."""
-    with file_lock(out.parent / f"{out.name}.lock"):
-        staging = out.parent / f".{out.name}.staging-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        try:
-            build(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        publish(staging, out)
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:

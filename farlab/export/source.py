@@ -7,7 +7,6 @@ run's seed), so the parity checks run on the run's own eval split. Nothing here 
 from __future__ import annotations
 
 import hashlib
-import json
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,8 +20,9 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 from farlab.config import REPO_ROOT, FarlabConfig, register_configs
 from farlab.data import build_task_data
 from farlab.data.base import TaskData
-from farlab.errors import ConfigError, DataError
+from farlab.errors import ConfigError, DataError, RunDirError
 from farlab.models.loading import head_for
+from farlab.run_record import finished_run, read_run_json
 
 EXPORT_DIR = "export"
 
@@ -41,28 +41,17 @@ class ParityError(ExportError):
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ExportError(f"cannot read {path}: {err}") from err
+        return read_run_json(path)
+    except RunDirError as err:
+        raise ExportError(str(err)) from None
 
 
 def check_run_dir(run_dir: Path) -> dict[str, Any]:
-    """A completed run with final/ and config.yaml; returns run_metadata.json. Anything else says why not."""
-    if not run_dir.is_dir():
-        raise ExportError(f"run dir {run_dir} does not exist")
-    meta_path = run_dir / "run_metadata.json"
-    if not meta_path.is_file():
-        raise ExportError(f"{run_dir} is not a run dir: no run_metadata.json (see docs/run_dir.md)")
-    meta = _read_json(meta_path)
-    if meta.get("status") != "completed":
-        raise ExportError(f"{run_dir} has status {meta.get('status')!r}, not 'completed': only a finished run's "
-                          "final/ is exported (a running or preempted run has no final student yet)")
-    if not (run_dir / "final" / "config.json").is_file():
-        raise ExportError(f"{run_dir} has no final/ (the trained student): train.keep_final=false removes it; "
-                          "re-run the job with train.keep_final=true rerun=true to get it back")
-    if not (run_dir / "config.yaml").is_file():
-        raise ExportError(f"{run_dir} has no config.yaml (the run's resolved config)")
-    return meta
+    """run_metadata.json of a finished run (farlab.run_record.finished_run says why not)."""
+    try:
+        return finished_run(run_dir, "An export")
+    except RunDirError as err:
+        raise ExportError(str(err)) from None
 
 
 def _load_config(run_dir: Path) -> DictConfig:

@@ -13,7 +13,6 @@ Nothing here writes to the run dir; the tools write only ``<run dir>/workbench/<
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,10 @@ from transformers import PreTrainedModel, set_seed
 from farlab.config import FarlabConfig, register_configs
 from farlab.data import build_task_data
 from farlab.data.base import TaskData
-from farlab.errors import ConfigError, DataError
+from farlab.errors import ConfigError, DataError, RunDirError
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import build_model, build_student, head_for, load_tokenizer, model_shape
+from farlab.run_record import finished_run, read_run_json
 from farlab.teachers.store import TeacherStore
 from farlab.teachers.strategies import TeacherSettings, sft_store_material, sft_store_name
 
@@ -190,31 +190,17 @@ class RunContext:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise WorkbenchError(f"cannot read {path}: {err}") from err
+        return read_run_json(path)
+    except RunDirError as err:
+        raise WorkbenchError(str(err)) from None
 
 
 def check_run_dir(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A completed run with final/: its metadata and metrics. Anything else is a WorkbenchError saying why."""
-    if not run_dir.is_dir():
-        raise WorkbenchError(f"run dir {run_dir} does not exist")
-    meta_path = run_dir / "run_metadata.json"
-    if not meta_path.is_file():
-        raise WorkbenchError(f"{run_dir} is not a run dir: no run_metadata.json (see docs/run_dir.md)")
-    meta = _read_json(meta_path)
-    status = meta.get("status")
-    if status != "completed":
-        why = {"running": "it is still running (or was killed without warning)",
-               "failed": f"it failed ({meta.get('error')})",
-               "preempted": "it was preempted; resume it with the same command"}.get(str(status), "unknown status")
-        raise WorkbenchError(f"{run_dir} has status {status!r}, not 'completed': {why}. "
-                             "The workbench reads finished runs only (final/ and metrics.json)")
-    if not (run_dir / "final" / "config.json").is_file():
-        raise WorkbenchError(f"{run_dir} has no final/ (the trained student): train.keep_final=false removes it. "
-                             "Re-run the job with train.keep_final=true rerun=true to get it back")
-    if not (run_dir / "config.yaml").is_file():
-        raise WorkbenchError(f"{run_dir} has no config.yaml (the run's resolved config)")
+    """run_metadata.json and metrics.json of a finished run (farlab.run_record.finished_run says why not)."""
+    try:
+        meta = finished_run(run_dir, "The workbench")
+    except RunDirError as err:
+        raise WorkbenchError(str(err)) from None
     return meta, _read_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
 
 

@@ -17,15 +17,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from farlab.config import REPO_ROOT, register_configs
 from farlab.export.cli import export, main
 from farlab.export.gguf import unpermute
 from farlab.export.source import ExportError
-from farlab.train import execute
-from tests.conftest import tiny_overrides
+from tests.conftest import train_runs
 
 RUNS = {
     "cls": {"loss": "ce"},  # tiny BERT on CoLA
@@ -36,16 +33,7 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("export_runs")
-    register_configs()
-    out = {}
-    for name, extra in RUNS.items():
-        overrides = tiny_overrides(root / "store", **{"train.keep_checkpoints": "none", **extra})
-        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-        execute(cfg, root / name, overrides)
-        out[name] = root / name
-    return out
+    return train_runs(tmp_path_factory.mktemp("export_runs"), RUNS, **{"train.keep_checkpoints": "none"})
 
 
 def snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:

@@ -14,16 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from transformers import AutoModelForSequenceClassification
 
-from farlab.config import REPO_ROOT, register_configs
 from farlab.eval.loop import evaluate_model
-from farlab.train import execute
 from farlab.workbench.cli import main
 from farlab.workbench.loading import open_run
 from farlab.workbench.similarity import linear_cka
-from tests.conftest import tiny_overrides
+from tests.conftest import train_runs
 
 TRANSLATION = {"task": "europarl_en_fr", "model": "tiny_llama", "task.train_limit": 48, "task.eval_limit": 6,
                "task.generation.max_new_tokens": 6, "task.max_length": 96}
@@ -39,16 +36,7 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("workbench_runs")
-    register_configs()
-    out = {}
-    for name, extra in RUNS.items():
-        overrides = tiny_overrides(root / "store", **extra)
-        with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-        execute(cfg, root / name, overrides)
-        out[name] = root / name
-    return out
+    return train_runs(tmp_path_factory.mktemp("workbench_runs"), RUNS)
 
 
 def snapshot(run_dir: Path) -> dict[str, tuple[int, int]]:
