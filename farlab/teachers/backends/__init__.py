@@ -65,7 +65,7 @@ TEACHER_BACKENDS.add("hf", BackendKind(_prepare_hf, frozenset({DISTRIBUTION, HID
                                        in_process=True))
 TEACHER_BACKENDS.add("cache", BackendKind(
     prepare_cache, frozenset({DISTRIBUTION, HIDDEN_STATES}), validate_cache, CacheBackendConfig,
-    serves="teacher.backend=cache stores top-k log-probs and hidden states, not attention maps"))
+    serves="teacher=cache stores top-k log-probs and hidden states, not attention maps"))
 TEACHER_BACKENDS.add("openai", BackendKind(
     prepare_openai, frozenset({DISTRIBUTION}), validate_openai, OpenAIBackendConfig,
     serves="an OpenAI-compatible server returns prompt logprobs only"))
@@ -98,17 +98,17 @@ def teacher_problems(cfg: Any, plan: LossPlan) -> list[str]:
         return problems  # no teacher in this run
     if not kind.in_process and cfg.teacher_strategy.trainable:
         problems.append(f"teacher_strategy={cfg.teacher_strategy.name} co-trains the teacher, whose outputs change "
-                        f"every step; teacher.backend={t.backend} would serve stale ones: use teacher.backend=hf")
+                        f"every step; teacher.backend={t.backend} would serve stale ones: use teacher=hf")
     for output in plan.unserved(kind.provides):
         needing = sorted({c.cls.kind for c in plan.active if output in c.cls_outputs})
         problems.append(f"{'/'.join(needing)} losses need the teacher's {OUTPUT_NAMES[output]}, which "
-                        f"teacher.backend={t.backend} cannot serve ({kind.serves}): use teacher.backend=hf, or "
+                        f"teacher.backend={t.backend} cannot serve ({kind.serves}): use teacher=hf, or "
                         "losses without that term")
     if not kind.in_process or t.top_k is not None:
         for comp in plan.full_logit_components:
             problems.append(f"component {comp.name!r}: fn={comp.config.fn} compares raw logits, but a top-k teacher "
                             f"(teacher.backend={t.backend}, top_k={t.top_k}) gives log-probs only; use a "
-                            "log-prob divergence (kl, reverse_kl, jsd, ...) or teacher.backend=hf with top_k=null")
+                            "log-prob divergence (kl, reverse_kl, jsd, ...) or teacher=hf with teacher.top_k=null")
     return problems + kind.validate(cfg, plan)
 
 

@@ -102,5 +102,5 @@ def validate_cache(cfg: Any, plan: Any) -> list[str]:
     gkd = cfg.loss.get("gkd")
     if gkd is not None and gkd.lambda_ > 0:
         problems.append(f"loss.gkd.lambda_={gkd.lambda_}: on-policy batches are new student samples no cache holds; "
-                        "use teacher.backend=hf or openai (or lambda_=0)")
+                        "use teacher=hf or teacher=openai (or lambda_=0)")
     return problems

@@ -81,7 +81,7 @@ def prepare_openai(ctx: Any, load_teacher: Any = None) -> PreparedTeacher:
 
     if not ctx.data.task_kind.decoder_only:
         raise ConfigError(f"teacher.backend=openai serves decoder-only teachers; task {ctx.data.name!r} is "
-                          f"{ctx.data.kind!r}: use teacher.backend=hf or cache")
+                          f"{ctx.data.kind!r}: use teacher=hf or teacher=cache")
     settings = ctx.settings
     k = settings.backend.top_k or DEFAULT_TOP_K
     client = make_client(settings.backend.openai, ctx.tokenizer)
