@@ -20,7 +20,11 @@ from farlab.trainer.fit import train_problems
 
 
 def validate_config(cfg: DictConfig) -> LossPlan:
-    """Refuse bad values early; returns the run's :class:`LossPlan` (the loss decided once)."""
+    """Refuse bad values early; returns the run's :class:`LossPlan` (the loss decided once).
+
+    One normalisation happens on the way: ``teacher.backend=<name>`` set alone (rather than ``teacher=<name>``)
+    gets that backend's settings section with its defaults, so later code always finds it.
+    """
     if cfg.task is None:
         raise ConfigError("no task selected; pass task=<name>, e.g. task=cola")
     validate_task_config(cfg.task)  # raises DataError with the file and line where it can
