@@ -188,3 +188,24 @@ def test_likelihood_metrics_and_lower_is_better_transfer_gap():
     assert math.isclose(METRICS.get("rougeL")(["the cat"], ["the cat sat down"]), 100 * 2 * (1 * 0.5) / 1.5)
     gap = transfer_gap("perplexity", teacher=10.0, student_pre=30.0, student_post=20.0)
     assert gap["teacher_advantage"] == 20.0 and gap["student_gain"] == 10.0 and gap["transfer_efficiency"] == 0.5
+
+
+def test_prompt_completion_and_system_prompt(bpe):
+    record = Record({"prompt": "Summarise: the cat sat on the mat.", "completion": "A cat sat."}, "s.jsonl", 1)
+    turns = to_conversation(record, "prompt_completion", InstructionColumns(), system_prompt="Be short.")
+    assert [t["role"] for t in turns] == ["system", "user", "assistant"]
+    row = Renderer(bpe, False).encode(turns, 128)
+    assert _labelled_text(bpe, row) == "A cat sat.</s>"
+
+
+def test_text_from_a_jsonl_column_and_a_missing_column(bpe, tmp_path):
+    docs = _write(tmp_path, "docs.jsonl", "".join(f'{{"body": "document {i} " }}\n' for i in range(10)))
+    task = OmegaConf.create({"name": "t", "family": "text", "train_files": [docs], "text_column": "body",
+                             "block_size": 16})
+    data = build_task_data(task, bpe, seed=0)
+    assert data.info["documents"] == {"train": 9, "eval": 1}
+    first = data.train[0]
+    assert bpe.decode([i for i, m in zip(first["input_ids"], first["attention_mask"], strict=True) if m]).count(
+        "</s>") >= 2  # short documents share a block, each ending with eos
+    with pytest.raises(DataError, match=r"docs\.jsonl:1: record has no column 'text'"):
+        build_task_data(OmegaConf.merge(task, {"text_column": "text"}), bpe, seed=0)
