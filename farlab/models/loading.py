@@ -231,7 +231,10 @@ def _init_block_problems(init_blocks: Any, teacher_spec: Any, width: bool = Fals
         if auto < 1:
             return [f"model.student.init_blocks=auto:{auto}: keep at least one block"]
     else:
-        blocks = [int(b) for b in init_blocks or []]
+        try:
+            blocks = [int(b) for b in init_blocks or []]
+        except (TypeError, ValueError):
+            return [f"model.student.init_blocks={init_blocks!r}: give block numbers (e.g. [1, 3, 5]) or auto:N"]
     if not blocks:
         if width:
             return []  # width pruning alone keeps every block

@@ -185,3 +185,4 @@ def test_model_problems_check_auto_blocks_and_width_before_loading():
     assert "auto:N" in problems(source="from_teacher", init_blocks="top3")[0]
     assert "needs model.student.source=from_teacher" in problems(
         source="config", config={"model_type": "bert"}, width={"hidden_size": 16})[0]
+    assert "give block numbers" in problems(source="from_teacher", init_blocks=["first"])[0]
