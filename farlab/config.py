@@ -41,6 +41,15 @@ class LoraSpec:
 
 
 @dataclass
+class WidthSpec:
+    """A narrower from_teacher student (farlab/models/pruning.py); null keeps the teacher's size."""
+
+    hidden_size: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    num_attention_heads: Optional[int] = None
+
+
+@dataclass
 class ModelSpec:
     """One model (teacher or student).
 
@@ -53,7 +62,9 @@ class ModelSpec:
     source: str = "pretrained"
     path: Optional[str] = None
     config: Optional[dict[str, Any]] = None
-    init_blocks: Optional[list[int]] = None
+    init_blocks: Any = None  # [1, 3, 5], or "auto:N": the N blocks of highest measured importance (models/pruning.py)
+    width: WidthSpec = field(default_factory=WidthSpec)  # from_teacher: Minitron width pruning
+    importance_examples: int = 256  # training examples that measure block / width importance
     lora: LoraSpec = field(default_factory=LoraSpec)  # r > 0: adapters (student; teacher when co-trained)
 
 

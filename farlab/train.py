@@ -83,7 +83,7 @@ def build_student(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPla
     """The student, and the base teacher when it is needed now (in-process KD, or a student copied from it)."""
     in_process = TEACHER_BACKENDS.get(cfg.teacher.backend).in_process
     need_base_teacher = plan.needs_teacher and in_process
-    return build_initial_student(cfg, head_for(data), tokenizer, attn, need_base_teacher=need_base_teacher)
+    return build_initial_student(cfg, head_for(data), tokenizer, attn, need_base_teacher=need_base_teacher, data=data)
 
 
 def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan, attn: str | None) -> Setup:
@@ -230,6 +230,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         "loss_components": fitted.trainer.component_means(),
         "best": fitted.peak.best,
         "peak_memory_mb": peak_memory_mb(),
+        "student_init": getattr(post_models["student"].config, "farlab_pruning", None),  # auto blocks / width
     }
     if fitted.report_to:
         finish_wandb(metrics)

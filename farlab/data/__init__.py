@@ -43,5 +43,8 @@ def build_task_data(task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData
 from farlab.data import glue as _glue  # noqa: E402,F401
 from farlab.data import ocr as _ocr  # noqa: E402,F401
 from farlab.data import translation as _translation  # noqa: E402,F401
+from farlab.data import instruction as _instruction  # noqa: E402,F401
+from farlab.data import text as _text  # noqa: E402,F401
+from farlab.data import text_classification as _text_classification  # noqa: E402,F401
 
 __all__ = ["DataError", "TaskData", "TASK_FAMILIES", "build_task_data", "validate_task_config"]

@@ -18,6 +18,7 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification
 
 from farlab.eval.loop import generate_from_images, generate_texts, predict_probabilities, score_classification
+from farlab.eval.lm import predict_lm, score_lm
 from farlab.eval.metrics import compute_metrics
 from farlab.registry import Registry
 
@@ -44,6 +45,12 @@ class TaskKind:
     decoder_only: bool = False  # a text decoder: the chunked LM path (final_hidden + lm_head) and on-policy sampling apply
 
 
+def classifier_fields(label_names: list[str]) -> dict[str, Any]:
+    """num_labels plus id2label/label2id, so a saved classifier names its classes (``config.id2label``)."""
+    return {"num_labels": len(label_names), "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)}}
+
+
 def classifier_masks(batch: dict[str, Tensor]) -> Masks:
     """Logits are [B, C]: no response mask; features and attention use every real token."""
     return batch["attention_mask"], None
@@ -68,7 +75,7 @@ def score_generations(data: Any, predictions: Any, references: list[Any]) -> dic
 TASK_KINDS: Registry[TaskKind] = Registry("task kind")
 TASK_KINDS.add("classification", TaskKind(
     "classification",
-    head=lambda data: Head(AutoModelForSequenceClassification, {"num_labels": data.num_labels}),
+    head=lambda data: Head(AutoModelForSequenceClassification, classifier_fields(data.label_names)),
     masks=classifier_masks,
     predict=predict_probabilities,
     score=score_classification,
@@ -94,4 +101,16 @@ TASK_KINDS.add("vision_lm", TaskKind(
     score=score_generations,
     peft_task_type=TaskType.CAUSAL_LM,  # the VLM forward takes pixel_values etc. as kwargs
     vocabulary_logits=True,
+))
+# Language modelling on the data itself (instruction responses, plain text): scored by per-token NLL/perplexity
+# on the target tokens, plus generation metrics of the eval prompts when the task asks for them.
+TASK_KINDS.add("language_model", TaskKind(
+    "language_model",
+    head=lambda data: Head(AutoModelForCausalLM),
+    masks=lm_masks,
+    predict=predict_lm,
+    score=score_lm,
+    peft_task_type=TaskType.CAUSAL_LM,
+    vocabulary_logits=True,
+    decoder_only=True,
 ))

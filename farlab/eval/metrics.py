@@ -33,6 +33,28 @@ METRICS.add("bleu", lambda p, r: float(sacrebleu.corpus_bleu(list(p), [list(r)])
 METRICS.add("chrf", lambda p, r: float(sacrebleu.corpus_chrf(list(p), [list(r)]).score))
 
 
+@METRICS.register("rougeL")
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 x 100 (Google's ``rouge-score`` package, with its stemmer)."""
+    from rouge_score import rouge_scorer  # local: only generation tasks that ask for it need the package
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)]
+    return 100.0 * float(np.mean(scores)) if scores else 0.0
+
+
+# Likelihood metrics (language-model tasks): predictions are (summed NLL in nats, token count) per example and
+# references are unused; both are per token over the whole split, not means of per-example values.
+def _token_nll(predictions: Sequence[Any], _references: Sequence[Any]) -> float:
+    total = np.asarray(predictions, dtype=np.float64).reshape(-1, 2).sum(axis=0)
+    return float(total[0] / max(total[1], 1.0))
+
+
+METRICS.add("nll", _token_nll)
+METRICS.add("perplexity", lambda p, r: float(np.exp(_token_nll(p, r))))
+LIKELIHOOD_METRICS = ("nll", "perplexity")
+
+
 @METRICS.register("edit_similarity")
 def edit_similarity(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean of 1 - Levenshtein(p, r) / max(len(p), len(r)); two empty strings count as identical."""
@@ -53,7 +75,7 @@ def compute_metrics(names: Sequence[str], predictions: Sequence[Any], references
 
 # Metric-name parts whose metric is better when smaller (the best value is the minimum); everything else is
 # maximised. A fact about metrics, so the trainer's peak tracking and the results collector share it.
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "error", "wer", "cer", "ter", "runtime", "memory")
+LOWER_IS_BETTER = ("loss", "nll", "perplexity", "ppl", "error", "wer", "cer", "ter", "runtime", "memory")
 
 
 def lower_is_better(metric: str) -> bool:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from farlab.eval.metrics import lower_is_better
+
 
 def transfer_gap(metric: str, teacher: float | None, student_pre: float, student_post: float) -> dict[str, Any]:
     """teacher advantage = teacher - student_pre; student gain = post - pre; efficiency = gain / advantage.
 
-    Efficiency is null (with the reason) when there is no teacher or the teacher is not ahead.
+    Efficiency is null (with the reason) when there is no teacher or the teacher is not ahead. For a metric that
+    is better when smaller (perplexity, NLL) both differences are taken the other way round, so a positive
+    advantage and gain still mean "better".
     """
-    gain = student_post - student_pre
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    gain = sign * (student_post - student_pre)
     result: dict[str, Any] = {
         "metric": metric,
         "teacher_advantage": None,
@@ -21,7 +26,7 @@ def transfer_gap(metric: str, teacher: float | None, student_pre: float, student
     if teacher is None:
         result["transfer_efficiency_note"] = "no teacher in this run (CE-only baseline)"
         return result
-    advantage = teacher - student_pre
+    advantage = sign * (teacher - student_pre)
     result["teacher_advantage"] = advantage
     if advantage <= 0:
         result["transfer_efficiency_note"] = (

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, set_seed
 
 from farlab.data.kinds import Head
+from farlab.models import pruning
 from farlab.errors import ConfigError
 from farlab.losses.base import ModelShape
 from farlab.registry import Registry, unknown_choice_message
@@ -81,11 +82,35 @@ def _from_config(spec: Any, head: Head, attn_implementation: str | None, **_: An
 
 @MODEL_SOURCES.register("from_teacher")
 def _from_teacher(
-    spec: Any, head: Head, attn_implementation: str | None, teacher: PreTrainedModel | None = None, **_: Any
+    spec: Any, head: Head, attn_implementation: str | None, teacher: PreTrainedModel | None = None,
+    data: Any = None, **_: Any
 ) -> PreTrainedModel:
+    """Blocks of the teacher (listed, or ``auto:N`` by measured importance), then optionally narrower
+    (``width``); what was chosen and why is kept in ``config.farlab_pruning`` (saved with the model)."""
     if teacher is None:
         raise ConfigError("model.student.source=from_teacher needs the teacher's base weights")
-    return shallow_copy(teacher, list(spec.init_blocks), attn_implementation)
+    record: dict[str, Any] = {}
+    batches = None
+    auto = pruning.auto_block_count(spec.init_blocks)
+    if auto is not None:
+        batches = pruning.importance_batches(data, spec.importance_examples)
+        scores = pruning.block_importance(teacher, batches)
+        blocks = pruning.choose_blocks(scores, auto)
+        record["blocks"] = {"rule": f"auto:{auto}", "chosen": blocks, "importance": scores,
+                            "measure": "mean 1 - cos(block input, block output) over real tokens",
+                            "examples": sum(len(b["input_ids"]) for b in batches)}
+        log.info("init_blocks=auto:%d chose blocks %s (importance %s)", auto, blocks,
+                 ", ".join(f"{s:.4f}" for s in scores))
+    else:
+        blocks = list(spec.init_blocks or range(1, teacher.config.num_hidden_layers + 1))
+    student = shallow_copy(teacher, blocks, attn_implementation)
+    if pruning.width_requested(spec.width):
+        batches = batches or pruning.importance_batches(data, spec.importance_examples)
+        student, record["width"] = pruning.width_prune(student, spec.width,
+                                                       pruning.width_importance(student, batches))
+    if record:
+        student.config.farlab_pruning = record
+    return student
 
 
 def shallow_copy(teacher: PreTrainedModel, blocks: list[int], attn_implementation: str | None) -> PreTrainedModel:
@@ -123,13 +148,14 @@ def build_model(spec: Any, head: Head, attn_implementation: str | None, **extra:
 
 
 def build_student(cfg: Any, head: Head, tokenizer: Any, attn_implementation: str | None,
-                  need_base_teacher: bool) -> tuple[PreTrainedModel, PreTrainedModel | None]:
+                  need_base_teacher: bool, data: Any = None) -> tuple[PreTrainedModel, PreTrainedModel | None]:
     """The run's student before training, and the base teacher when it is needed now (``need_base_teacher``:
     in-process KD) or the student is copied from it.
 
     Seeded with ``cfg.seed`` exactly as a run builds them, so the workbench rebuilds the same initial student
     (and the same fresh head of a base teacher). The student starts from the teacher's *base* weights, so every
-    teacher strategy starts it from the same point.
+    teacher strategy starts it from the same point. ``data`` (the run's TaskData) feeds the importance measures of
+    ``init_blocks: auto:N`` and ``width``.
     """
     set_seed(cfg.seed)
     base_teacher = None
@@ -137,7 +163,7 @@ def build_student(cfg: Any, head: Head, tokenizer: Any, attn_implementation: str
         base_teacher = build_model(cfg.model.teacher, head, attn_implementation)
         check_vocab(base_teacher, tokenizer, "teacher")
     set_seed(cfg.seed)
-    student = build_model(cfg.model.student, head, attn_implementation, teacher=base_teacher)
+    student = build_model(cfg.model.student, head, attn_implementation, teacher=base_teacher, data=data)
     fit_student_vocab(student, tokenizer)
     return student, base_teacher
 
@@ -152,7 +178,13 @@ def spec_shape(spec: Any, head: Head, teacher: ModelShape | None = None) -> Mode
     if spec.source == "from_teacher":
         if teacher is None:
             raise ConfigError("a from_teacher student's shape needs the teacher's")
-        return ModelShape(len(spec.init_blocks), teacher.hidden_size, teacher.num_heads)
+        auto = pruning.auto_block_count(spec.init_blocks)
+        depth = auto or len(spec.init_blocks or []) or teacher.num_layers
+        width = spec.get("width") or {}
+        hidden = width.get("hidden_size") or teacher.hidden_size
+        heads = width.get("num_attention_heads") or (
+            teacher.num_heads * hidden // teacher.hidden_size if width.get("hidden_size") else teacher.num_heads)
+        return ModelShape(depth, hidden, heads)
     if spec.source == "config":
         fields = spec_config_fields(spec)
         return ModelShape.from_hf_config(AutoConfig.for_model(fields.pop("model_type"), **fields))
@@ -182,13 +214,31 @@ def model_problems(model_cfg: Any) -> list[str]:
         problems.append("model.teacher.source cannot be from_teacher")
     student = model_cfg.student
     if student.source == "from_teacher" and not problems:
-        problems += _init_block_problems(list(student.init_blocks or []), model_cfg.teacher)
+        problems += _init_block_problems(student.init_blocks, model_cfg.teacher,
+                                         pruning.width_requested(student.get("width")))
+    elif pruning.width_requested(student.get("width")):
+        problems.append("model.student.width prunes the teacher: it needs model.student.source=from_teacher")
     return problems
 
 
-def _init_block_problems(blocks: list[int], teacher_spec: Any) -> list[str]:
+def _init_block_problems(init_blocks: Any, teacher_spec: Any, width: bool = False) -> list[str]:
+    try:
+        auto = pruning.auto_block_count(init_blocks)
+    except ConfigError as err:
+        return [str(err)]
+    if auto is not None:
+        blocks = [auto]  # checked against the teacher's depth below
+        if auto < 1:
+            return [f"model.student.init_blocks=auto:{auto}: keep at least one block"]
+    else:
+        try:
+            blocks = [int(b) for b in init_blocks or []]
+        except (TypeError, ValueError):
+            return [f"model.student.init_blocks={init_blocks!r}: give block numbers (e.g. [1, 3, 5]) or auto:N"]
     if not blocks:
-        return ["model.student.source=from_teacher needs model.student.init_blocks, e.g. [1, 3, 5]"]
+        if width:
+            return []  # width pruning alone keeps every block
+        return ["model.student.source=from_teacher needs model.student.init_blocks, e.g. [1, 3, 5] or auto:3"]
     if any(int(b) < 1 for b in blocks):
         return [f"model.student.init_blocks={blocks}: blocks are numbered from 1 (0 is the embedding output)"]
     try:
@@ -196,6 +246,8 @@ def _init_block_problems(blocks: list[int], teacher_spec: Any) -> list[str]:
     except (OSError, ValueError):
         return []  # an unreadable teacher config is reported when the teacher loads, with the loader's message
     bad = [b for b in blocks if b > depth]
+    if bad and auto is not None:
+        return [f"model.student.init_blocks=auto:{auto}: the teacher has {depth} blocks (valid: auto:1..auto:{depth})"]
     if bad:
         return [f"model.student.init_blocks={blocks}: blocks {bad} out of range; the teacher has {depth} blocks "
                 f"(valid: 1..{depth})"]

@@ -109,7 +109,7 @@ class RunContext:
     def student_before(self) -> Model:
         def build() -> Model:
             student, _ = build_student(self.cfg, head_for(self.data), self.tokenizer, self._attn(),
-                                       need_base_teacher=False)
+                                       need_base_teacher=False, data=self.data)
             return Model("student_before", student,
                          f"the run's initial student, rebuilt from the config with seed {self.cfg.seed} "
                          f"(model.student.source={self.cfg.model.student.source})")
