@@ -53,6 +53,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched() -> bool:
+    """True under a distributed launcher (torchrun sets RANK, even for one process; a multi-task SLURM job)."""
+    return "RANK" in os.environ or _slurm_tasks()
+
+
+def _slurm_tasks() -> bool:
+    """This process is one task of a multi-task SLURM job step (srun; submitit starts its tasks so). The batch
+    script of an ``--ntasks=N`` job is not: it runs once, so it must not wait for N-1 peers."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+
+
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -61,7 +72,7 @@ def export_slurm_environment() -> bool:
     """In a multi-task SLURM job (``srun``/submitit with ``tasks_per_node`` or ``nodes`` > 1), set the variables
     ``init_process_group`` reads (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) from SLURM's, with submitit's
     helper. Returns True when it did; a launcher's own variables (torchrun inside SLURM) are left alone."""
-    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
+    if "RANK" in os.environ or not _slurm_tasks():
         return False
     from submitit.helpers import TorchDistributedEnvironment
 
