@@ -47,9 +47,11 @@ def test_two_slurm_tasks_train_one_run_with_ddp(slurm_cluster, tmp_path: Path) -
     env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     try:
-        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S)
+        proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+                              check=False)
     except subprocess.TimeoutExpired as err:
-        subprocess.run(["scancel", "--partition", slurm_cluster.partition], check=False, timeout=30)
+        for job in sweep.glob(".submitit/*"):  # this test's job only (its folder is named by the job id)
+            subprocess.run(["scancel", job.name], check=False, timeout=30)
         logs = "\n".join(p.read_text()[-3000:] for p in sweep.glob(".submitit/*/*.err"))
         pytest.fail(f"the 2-task job did not finish in {JOB_TIMEOUT_S}s: {err}\n{logs}")
     logs = "\n".join(f"{p}:\n{p.read_text()[-3000:]}" for p in sorted(sweep.glob(".submitit/*/*_log.*")))
