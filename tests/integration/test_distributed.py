@@ -29,7 +29,7 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 STEPS = 6
 NO_DROPOUT = {f"++model.{side}.config.{p}": 0.0 for side in ("teacher", "student")
               for p in ("hidden_dropout_prob", "attention_probs_dropout_prob")}
-# Float sums in another order (two half-batches averaged by all-reduce): measured differences are ~1e-8.
+# Float sums in another order (two half-batches averaged by all-reduce): measured 6e-8 (losses), 4e-9 (weights).
 LOSS_TOL = 1e-5
 WEIGHT_TOL = 1e-5
 TIMEOUT_S = 300
@@ -146,9 +146,7 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_resume_continues(d
     metrics = read_json(run_dir / "metrics.json")
     assert metrics["train"]["resumed_from"] == str(run_dir / f"checkpoint-{stop_step}")
     assert read_json(run_dir / "run_metadata.json")["attempts"] == 2
-    reference = ddp / "run"
-    want, got = step_losses(reference), step_losses(run_dir)
-    for step, loss in want.items():
-        assert got[step] == pytest.approx(loss, abs=LOSS_TOL), f"step {step}"
+    reference = ddp / "run"  # the uninterrupted 2-process run: resuming restores every rank's state exactly
+    assert step_losses(run_dir) == step_losses(reference)
     a, b = weights(reference), weights(run_dir)
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < WEIGHT_TOL
+    assert all(torch.equal(a[k], b[k]) for k in a)
