@@ -23,6 +23,7 @@ from farlab.atomic import is_complete
 from farlab.trainer import checkpoints
 from farlab.trainer.signals import PREEMPTED_EXIT_CODE
 from tests.conftest import tiny_overrides
+from tests.integration.test_resume import run_inprocess
 
 PROBE = Path(__file__).with_name("ddp_probe.py")
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -47,10 +48,7 @@ def launch(nproc: int, run_dir: Path, ovr: list[str], probe: Path, signal_at: st
            "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     if signal_at:
         env["FARLAB_PROBE_SIGNAL"] = signal_at
-    if nproc == 1:
-        cmd = [sys.executable, str(PROBE)]
-    else:
-        cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(PROBE)]
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}", str(PROBE)]
     return subprocess.run([*cmd, *ovr, f"hydra.run.dir={run_dir}"], env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S, check=False)
 
@@ -79,9 +77,9 @@ def check(proc: subprocess.CompletedProcess, code: int = 0) -> None:
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory) -> Path:
-    """One process, batch 8."""
+    """One process, batch 8 (in this process: no launcher)."""
     root = tmp_path_factory.mktemp("single")
-    check(launch(1, root / "run", overrides(root / "store", 8), root / "probe"))
+    run_inprocess(root / "run", overrides(root / "store", 8))
     return root / "run"
 
 
