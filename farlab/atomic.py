@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -75,23 +75,33 @@ def build_once(entry: Path, build: Callable[[Path], None] | None, what: str = "e
     """
     if is_complete(entry) and not force:
         return True
-    with file_lock(entry.parent / f"{entry.name}.lock"):
+    with entry_lock(entry):
         if is_complete(entry) and not force:  # another process built it while we waited
             log.info("%s built by another process: %s", what, entry)
             return True
-        if entry.exists() and not force:
-            log.warning("ignoring incomplete %s %s (no %s marker: an interrupted build)", what, entry, COMPLETE_MARKER)
-        if build is None:
-            raise FileNotFoundError(entry)
-        for stale in entry.parent.glob(f".{entry.name}.staging-*"):
-            shutil.rmtree(stale, ignore_errors=True)  # we hold the lock: leftovers of killed builds
-        staging = entry.parent / f".{entry.name}.staging-{os.getpid()}"
-        staging.mkdir(parents=True)
-        log.info("building %s %s", what, entry)
-        try:
-            build(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        publish(staging, entry)
+        build_locked(entry, build, what, force)
     return False
+
+
+def entry_lock(entry: Path) -> AbstractContextManager[None]:
+    """The lock :func:`build_once` holds while it builds ``entry`` (one lock file beside it)."""
+    return file_lock(entry.parent / f"{entry.name}.lock")
+
+
+def build_locked(entry: Path, build: Callable[[Path], None] | None, what: str = "entry", force: bool = False) -> None:
+    """Build ``entry`` into a staging folder and publish it; the caller holds :func:`entry_lock`."""
+    if entry.exists() and not force:
+        log.warning("ignoring incomplete %s %s (no %s marker: an interrupted build)", what, entry, COMPLETE_MARKER)
+    if build is None:
+        raise FileNotFoundError(entry)
+    for stale in entry.parent.glob(f".{entry.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # we hold the lock: leftovers of killed builds
+    staging = entry.parent / f".{entry.name}.staging-{os.getpid()}"
+    staging.mkdir(parents=True)
+    log.info("building %s %s", what, entry)
+    try:
+        build(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    publish(staging, entry)

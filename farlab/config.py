@@ -179,6 +179,19 @@ class SpikeGuardConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """Fully sharded data parallel through the Trainer's FSDP settings (accelerate's FSDP2); docs/distributed.md.
+
+    Only the student (and projections) are optimised: a frozen teacher stays out of the optimizer and is
+    sharded with the pair, in the dtype it was loaded in."""
+
+    enabled: bool = False
+    reshard_after_forward: bool = True  # true = full_shard (ZeRO-3-like), false = shard_grad_op (ZeRO-2-like)
+    cpu_offload: bool = False  # parameters and gradients on CPU between uses
+    wrap: Optional[list[str]] = None  # layer classes to shard separately (e.g. [LlamaDecoderLayer]); None = the models'
+
+
+@dataclass
 class TrainConfig:
     epochs: float = 3.0
     max_steps: int = -1
@@ -203,6 +216,7 @@ class TrainConfig:
     unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     spike_guard: SpikeGuardConfig = field(default_factory=SpikeGuardConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)  # sharded training under torchrun (farlab.trainer.parallel)
 
 
 @dataclass

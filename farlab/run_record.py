@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from farlab import distributed
 from farlab.config import REPO_ROOT, FarlabConfig
 from farlab.errors import ConfigError, RunDirError
 
@@ -103,6 +104,7 @@ class RunRecord:
             "end_time": None,
             "attempts": previous.get("attempts", 0) + 1,
             "slurm": _slurm(),
+            "world_size": distributed.world_size(),  # processes (DDP ranks); the global batch is this x batch_size
         }
 
     def start(self, cfg: DictConfig) -> None:
@@ -118,6 +120,27 @@ class RunRecord:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / "metrics.json", metrics)
+
+
+class RankRecord(RunRecord):
+    """The run record of a rank other than 0 in a multi-process run: writes nothing (rank 0 writes the run dir)."""
+
+    def __init__(self) -> None:
+        self.meta = {}
+
+    def start(self, cfg: DictConfig) -> None:
+        pass
+
+    def finish(self, status: str, error: BaseException | None = None) -> None:
+        pass
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        pass
+
+
+def run_record(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> RunRecord:
+    """This process's run record: the real one on rank 0 (the only rank of a plain run), a silent one elsewhere."""
+    return RunRecord(run_dir, cfg, overrides) if distributed.is_main() else RankRecord()
 
 
 # ---- skipping a run that already completed ----------------------------------------------------------------------

@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from transformers import PreTrainedModel, set_seed
 
+from farlab import distributed
 from farlab.config import REPO_ROOT, register_configs
 from farlab.data import build_task_data
 from farlab.data.base import TaskData
@@ -34,7 +35,7 @@ from farlab.models.loading import (
 )
 from farlab.models.lora import apply_lora
 from farlab.report import print_summary
-from farlab.run_record import RunRecord, completed_run
+from farlab.run_record import completed_run, run_record
 from farlab.teachers.backends import TEACHER_BACKENDS, PreparedTeacher
 from farlab.teachers.backends.accounting import TeacherComputeLog
 from farlab.teachers.strategies import TeacherContext, TeacherSettings, prepare_teacher
@@ -150,7 +151,8 @@ def fit(cfg: DictConfig, setup: Setup, data: TaskData, tokenizer: Any, run_dir: 
     )
     trainer = make_trainer(pair, data, tokenizer, run_dir, settings, cfg.seed, callbacks=[stop])
     eval_bs = cfg.train.eval_batch_size
-    peak = PeakMetrics(lambda: evaluate_model(pair.student, data, eval_bs, "eval student", False),
+    peak = PeakMetrics(lambda: distributed.on_main(lambda: evaluate_model(pair.student, data, eval_bs, "eval student",
+                                                                         False)),
                        cfg.train.eval_steps, log_fn=trainer.log)
     trainer.add_callback(peak)
     if cfg.train.early_stopping.patience is not None:  # watches peak's evals of the primary metric
@@ -176,6 +178,15 @@ def export_models(setup: Setup, tokenizer: Any, run_dir: Path) -> dict[str, PreT
     if setup.pair.teacher_trainable:
         teacher = export_student(setup.teacher, tokenizer, run_dir / "final_teacher")
     return {"student": student, "teacher": teacher}
+
+
+def export_and_evaluate(setup: Setup, data: TaskData, tokenizer: Any, run_dir: Path, eval_bs: int,
+                        progress: bool) -> tuple[dict[str, Any], Any]:
+    """final/ and the post-training metrics (main split, extra eval files)."""
+    post_models = export_models(setup, tokenizer, run_dir)
+    post = {role: evaluate_model(model, data, eval_bs, f"post-eval {role}", progress)
+            for role, model in post_models.items() if model is not None}
+    return post, evaluate_extra(data, post_models, eval_bs, "post", progress)
 
 
 def train_summary(fitted: FitResult) -> dict[str, Any]:
@@ -204,15 +215,13 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's
     setup = build_setup(cfg, data, tokenizer, plan, attn)
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
-    pre = pre_metrics(setup, data, eval_bs, progress)
     pre_models = {"student": setup.pair.student, "teacher": setup.teacher}
-    pre_extra = evaluate_extra(data, pre_models, eval_bs, "pre", progress)  # task.extra_eval_files, if any
+    pre, pre_extra = distributed.on_main(lambda: (  # evaluation runs once, on rank 0 (farlab.distributed)
+        pre_metrics(setup, data, eval_bs, progress),
+        evaluate_extra(data, pre_models, eval_bs, "pre", progress)))  # task.extra_eval_files, if any
 
     fitted = fit(cfg, setup, data, tokenizer, run_dir, stop or GracefulStop())
-    post_models = export_models(setup, tokenizer, run_dir)
-    post = {role: evaluate_model(model, data, eval_bs, f"post-eval {role}", progress)
-            for role, model in post_models.items() if model is not None}
-    post_extra = evaluate_extra(data, post_models, eval_bs, "post", progress)
+    post, post_extra = distributed.on_main(lambda: export_and_evaluate(setup, data, tokenizer, run_dir, eval_bs, progress))
     fitted.peak.record(post["student"], fitted.result.global_step)
 
     primary = data.primary_metric
@@ -243,13 +252,15 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, A
     SIGUSR1/SIGUSR2 stop it gracefully for the whole run: status ``preempted`` and :class:`Preempted` raised.
     A run dir already holding this run, completed, is not run again (``rerun=true`` or ``resume=false`` force it).
     """
+    distributed.init_from_env()  # under torchrun/multi-task SLURM: rank 0 alone writes the run dir
     check_retention(cfg.train.keep_checkpoints, cfg.train.keep_final)
-    done = completed_run(run_dir, cfg) if cfg.resume and not cfg.rerun else None
+    done = distributed.on_main(lambda: completed_run(run_dir, cfg)) if cfg.resume and not cfg.rerun else None
     if done is not None:
         log.info("run already completed (%s): skipping; metrics from metrics.json", run_dir)
-        prune_completed_run(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_final)  # as asked this time
+        if distributed.is_main():
+            prune_completed_run(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_final)  # as asked this time
         return done
-    record = RunRecord(run_dir, cfg, overrides)
+    record = run_record(run_dir, cfg, overrides)  # a no-op record on ranks other than 0
     stop = GracefulStop()
     with stop.installed():
         record.start(cfg)
@@ -264,8 +275,10 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, A
         with stop.hold():
             record.write_metrics(metrics)
             record.finish("completed")
-            prune_completed_run(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_final)
-    print_summary(metrics, run_dir)
+            if distributed.is_main():
+                prune_completed_run(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_final)
+    if distributed.is_main():
+        print_summary(metrics, run_dir)
     return metrics
 
 
@@ -273,7 +286,8 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, A
 def main(cfg: DictConfig) -> float:
     """Returns the primary post-training metric, so Hydra sweepers can optimise it."""
     hydra_cfg = HydraConfig.get()
-    run_dir = Path(cfg.output_dir or hydra_cfg.runtime.output_dir)
+    distributed.init_from_env()
+    run_dir = Path(distributed.broadcast(cfg.output_dir or hydra_cfg.runtime.output_dir))  # rank 0's, on all ranks
     try:
         metrics = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
     except Preempted as err:

@@ -17,6 +17,7 @@ from farlab.teachers.backends import teacher_problems
 from farlab.teachers.strategies import strategy_problems
 from farlab.teachers.tokenizers import vocab_align_problems
 from farlab.trainer.fit import train_problems
+from farlab.trainer.parallel import parallel_problems
 
 
 def validate_config(cfg: DictConfig) -> LossPlan:
@@ -37,6 +38,7 @@ def validate_config(cfg: DictConfig) -> LossPlan:
         *vocab_align_problems(cfg.model.vocab_align),
         *strategy_problems(cfg.teacher_strategy, plan),
         *train_problems(cfg.train, cfg.wandb),
+        *parallel_problems(cfg.train),
     ]
     if len(problems) == 1:
         raise ConfigError(problems[0])

@@ -2,6 +2,7 @@
 
 Key = (task config, teacher model, tokenizer, seed, teacher recipe). Concurrent jobs of a sweep that
 need the same teacher build it once (:func:`farlab.atomic.build_once`): one trains, the others wait and reuse.
+The ranks of one multi-process run train it together (:func:`farlab.distributed.build_once_together`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from farlab.atomic import build_once
+from farlab.distributed import build_once_together
 
 log = logging.getLogger(__name__)
 KEY_FILE = "store_key.json"
@@ -48,7 +49,8 @@ class TeacherStore:
             train(staging)
             (staging / KEY_FILE).write_text(json.dumps(material, indent=2, sort_keys=True, default=str))
 
-        reused = build_once(entry, build, "SFT teacher")
+        # Under torchrun every rank takes part in the (DDP) fine-tuning; rank 0 publishes the entry.
+        reused = build_once_together(entry, build, "SFT teacher")
         if reused:
             log.info("reusing SFT teacher from the store: %s", entry)
         return entry, reused

@@ -20,6 +20,7 @@ from farlab.config import TrainConfig
 from farlab.data.base import TaskData
 from farlab.registry import unknown_choice_message
 from farlab.trainer.pair import DistillationModule
+from farlab.trainer.parallel import fsdp_arguments
 from farlab.trainer.spike_guard import SpikeGuard
 from farlab.trainer.trainer import DistillationTrainer
 from farlab.trainer.unfreeze import ProgressiveUnfreeze
@@ -143,6 +144,7 @@ def make_trainer(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
+        **fsdp_arguments(settings.fsdp, pair.student, pair.teacher),
     )
     return DistillationTrainer(
         model=pair,

@@ -37,6 +37,8 @@ from typing import Any, NoReturn
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from farlab import distributed
+
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGUSR1, signal.SIGUSR2)
@@ -133,6 +135,12 @@ class GracefulStop(TrainerCallback):
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
+        if self.stopped_at is None:
+            # Across processes a signal may reach some ranks only, or at different steps: all ranks agree on
+            # "any rank saw one" here, at the same step boundary, so they save one checkpoint and stop together.
+            agreed = distributed.agreed_max(self.signum or 0)
+            if agreed and self.signum is None:
+                self.signum = agreed
         if self.signum is not None and self.stopped_at is None:
             self.stopped_at = state.global_step
             control.should_save = True
@@ -179,7 +187,10 @@ def requeue_or_exit(err: Preempted) -> NoReturn:
         err.resubmit(err.signum, None)  # checkpoints the launcher callable, requeues, sys.exit()s
         sys.exit(PREEMPTED_EXIT_CODE)  # not reached with submitit 1.5 (its handler always exits or raises)
     job = slurm_job_id()
-    if job is not None:
+    if job is not None and not distributed.is_main():
+        log.warning("preempted (%s): rank %d exits; rank 0 requeues the job", err, distributed.rank())
+        job = None
+    elif job is not None:
         # Log before the call: once SLURM accepts the requeue it terminates this job step, often before
         # `scontrol` has even returned, so a line written afterwards may never reach output.log.
         log.warning("preempted (%s): requeueing SLURM job %s; it resumes in the same run dir", err, job)

@@ -20,6 +20,7 @@ from transformers import Trainer, TrainerState
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import TrainOutput
 
+from farlab import distributed
 from farlab.trainer import checkpoints
 from farlab.trainer.pair import DistillationModule
 
@@ -39,6 +40,7 @@ class DistillationTrainer(Trainer):
         self.component_count = 0
         self.loss_total = 0.0
         self.tokens_seen = 0
+        self._pending: dict[str, float] = defaultdict(float)  # this rank's totals since the last sync_totals()
         self.train_seconds = 0.0
         self._train_start: float | None = None
 
@@ -52,24 +54,56 @@ class DistillationTrainer(Trainer):
         total, parts = model(**inputs, step=self.state.global_step, max_steps=max(self.state.max_steps, 1))
         if model.training:
             loss = float(total.detach())
-            for cb in self.callback_handler.callbacks:  # e.g. the spike guard: may stop the run before backward
-                if hasattr(cb, "on_train_loss"):
-                    cb.on_train_loss(loss, parts, self.state.global_step)
+            watchers = [cb for cb in self.callback_handler.callbacks if hasattr(cb, "on_train_loss")]
+            if watchers and distributed.world_size() > 1:  # every rank must take the same decision
+                loss = distributed.summed([loss])[0] / distributed.world_size()
+            for cb in watchers:  # e.g. the spike guard: may stop the run before backward
+                cb.on_train_loss(loss, parts, self.state.global_step)
         for key, value in parts.items():
             self._part_sums[key] += value
         self._part_count += 1
         if model.training:
-            self.tokens_seen += int(inputs["attention_mask"].sum())
+            self._count_batch(float(total.detach()), parts, int(inputs["attention_mask"].sum()))
+        return (total, None) if return_outputs else total
+
+    def _count_batch(self, loss: float, parts: dict[str, float], tokens: int) -> None:
+        """Add a training micro-batch to the run totals: directly in one process (so a resumed run sums in the
+        same order as an uninterrupted one), through this rank's pending sums across processes."""
+        if distributed.world_size() == 1:
+            self.tokens_seen += tokens
             for key, value in parts.items():
                 self.component_totals[key] += value
             self.component_count += 1
             self.loss_total += loss
-        return (total, None) if return_outputs else total
+            return
+        pending = self._pending
+        pending["tokens"] += tokens
+        for key, value in parts.items():
+            pending[f"part/{key}"] += value
+        pending["count"] += 1
+        pending["loss"] += loss
+
+    def sync_totals(self) -> None:
+        """Fold the micro-batches since the last sync, summed over all ranks, into the run totals.
+
+        Called by every rank at each checkpoint and at the end of training (the totals are then those of the
+        global batch, and equal on every rank; in a single process this is a plain move)."""
+        keys = sorted(self._pending)  # every rank runs the same loss, so the same keys
+        sums = dict(zip(keys, distributed.summed([float(self._pending[k]) for k in keys]), strict=True))
+        self._pending.clear()
+        for key, value in sums.items():
+            if key.startswith("part/"):
+                self.component_totals[key.removeprefix("part/")] += value
+        self.component_count += int(sums.get("count", 0))
+        self.loss_total += sums.get("loss", 0.0)
+        self.tokens_seen += int(sums.get("tokens", 0))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._part_count:
-            for key, value in self._part_sums.items():
-                logs[f"loss/{key}"] = value / self._part_count
+            keys = sorted(self._part_sums)  # summed over ranks: the Trainer's "loss" is the global batch's too
+            *sums, count = distributed.summed([self._part_sums[k] for k in keys] + [float(self._part_count)])
+            for key, value in zip(keys, sums, strict=True):
+                logs[f"loss/{key}"] = value / count
             self._part_sums.clear()
             self._part_count = 0
         super().log(logs, start_time)
@@ -132,15 +166,21 @@ class DistillationTrainer(Trainer):
         staging_root = run_dir / checkpoints.STAGING_DIR
         name = f"checkpoint-{self.state.global_step}"
         keep = self.args.save_total_limit
-        shutil.rmtree(staging_root / name, ignore_errors=True)  # leftovers of a write killed mid-way
+        self.sync_totals()
+        if distributed.is_main():
+            shutil.rmtree(staging_root / name, ignore_errors=True)  # leftovers of a write killed mid-way
+        distributed.barrier()  # every rank writes its RNG state into the staging folder: clean it first
         self.args.output_dir, self.args.save_total_limit = str(staging_root), None
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self.args.output_dir, self.args.save_total_limit = str(run_dir), keep
-        (staging_root / name / STATE_FILE).write_text(json.dumps(self._farlab_state(), indent=1))
-        checkpoints.publish(staging_root / name, run_dir / name)
-        checkpoints.rotate(run_dir, keep or 0)
+        distributed.barrier()  # all ranks' files are in the staging folder
+        if distributed.is_main():
+            (staging_root / name / STATE_FILE).write_text(json.dumps(self._farlab_state(), indent=1))
+            checkpoints.publish(staging_root / name, run_dir / name)
+            checkpoints.rotate(run_dir, keep or 0)
+        distributed.barrier()  # published before any rank goes on (a stop right after must find it complete)
 
     # ---- timing -----------------------------------------------------------------------------------
 
@@ -198,7 +238,9 @@ class DistillationTrainer(Trainer):
                 return done
         self._train_start = time.perf_counter()
         try:
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
+            self.sync_totals()
+            return output
         finally:
             self.train_seconds += time.perf_counter() - self._train_start
             self._train_start = None

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from farlab import distributed
 from farlab.losses.base import ModelView
 from farlab.teachers.backends.base import DEFAULT_TOP_K, PreparedTeacher, TeacherBackend, TeacherOutput
 
@@ -68,12 +69,20 @@ def prepare_cache(ctx: Any, load_teacher: Callable[[Any], Any], force_build: boo
     def build(staging: Any) -> None:
         write_cache(teacher(), data, staging, key, batch_size=cache_cfg.batch_size)
 
-    cache = open_or_build(entry, key, build if (cache_cfg.build or force_build) else None)
+    builder = build if (cache_cfg.build or force_build) else None
+    # Across processes rank 0 builds the entry while the others wait; then every rank opens the complete entry.
+    distributed.on_main(lambda: open_or_build(entry, key, builder).path)
+    cache = open_or_build(entry, key, builder)
     eval_fp = dataset_fingerprint(data.eval)
-    metrics = cache.metrics(eval_fp)
-    if metrics is None:  # first run on this eval set: evaluate the teacher once, for every later run
-        metrics = evaluate_model(teacher(), data, settings.eval_batch_size, "pre-eval teacher", settings.progress)
-        cache.save_metrics(eval_fp, metrics)
+
+    def teacher_metrics() -> dict[str, Any]:
+        metrics = cache.metrics(eval_fp)
+        if metrics is None:  # first run on this eval set: evaluate the teacher once, for every later run
+            metrics = evaluate_model(teacher(), data, settings.eval_batch_size, "pre-eval teacher", settings.progress)
+            cache.save_metrics(eval_fp, metrics)
+        return metrics
+
+    metrics = distributed.on_main(teacher_metrics)
     log.info("teacher cache %s: k=%d, %d rows, teacher %s", cache.path, cache.k, cache.meta["rows"],
              "loaded for the build" if loaded else "not loaded")
     return PreparedTeacher(

@@ -1,0 +1,185 @@
+"""Several processes, one run: the few collective steps farlab adds around the Trainer's own DDP/FSDP.
+
+``torchrun`` (or a multi-task SLURM job, see :func:`export_slurm_environment`) starts one process per device with
+``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``MASTER_ADDR``/``MASTER_PORT`` set. The Trainer (through accelerate) does
+the data-parallel training itself; farlab adds only what the Trainer does not know about:
+
+* the run dir's bookkeeping (config.yaml, run_metadata.json, metrics.json, final/) is written by rank 0 alone;
+* evaluation runs once, on rank 0, and its result is broadcast (:func:`on_main`), so every rank sees the same
+  metrics and callbacks that act on them (early stopping) decide alike;
+* write-once folders that every rank needs are built once (:func:`build_once_together`);
+* a stop signal is agreed across ranks (:func:`agreed_max`) so all ranks stop after the same step.
+
+Every helper is a no-op in a single process, so the same code path serves one process and many. The process
+group is created here (:func:`init_from_env`) before any model is built, because the run dir and the "build once"
+decisions need collectives before the Trainer exists; accelerate reuses an initialised group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+from farlab.atomic import build_locked, build_once, entry_lock, is_complete
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def world_size() -> int:
+    """Number of processes of this run: the process group's size, else the launcher's ``WORLD_SIZE`` (1 alone)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """True on the process that writes the run dir (global rank 0; the only process of a plain run)."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """True under a distributed launcher (torchrun sets RANK, even for one process; a multi-task SLURM job)."""
+    return "RANK" in os.environ or _slurm_tasks()
+
+
+def _slurm_tasks() -> bool:
+    """This process is one task of a multi-task SLURM job step (srun; submitit starts its tasks so). The batch
+    script of an ``--ntasks=N`` job is not: it runs once, so it must not wait for N-1 peers."""
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1 and "SLURM_PROCID" in os.environ
+
+
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def export_slurm_environment() -> bool:
+    """In a multi-task SLURM job (``srun``/submitit with ``tasks_per_node`` or ``nodes`` > 1), set the variables
+    ``init_process_group`` reads (MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK) from SLURM's, with submitit's
+    helper. Returns True when it did; a launcher's own variables (torchrun inside SLURM) are left alone."""
+    if "RANK" in os.environ or not _slurm_tasks():
+        return False
+    from submitit.helpers import TorchDistributedEnvironment
+
+    env = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    log.info("SLURM task %d of %d: distributed environment from SLURM (master %s:%d)",
+             env.rank, env.world_size, env.master_addr, env.master_port)
+    return True
+
+
+def init_from_env() -> None:
+    """Create the process group when this process is one of several (idempotent; nothing in a single process).
+
+    gloo on CPU, NCCL on CUDA (each process on the GPU of its ``LOCAL_RANK``).
+    """
+    export_slurm_environment()
+    if world_size() <= 1 or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend)
+    log.info("process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
+
+
+def barrier() -> None:
+    if _active():
+        dist.barrier()
+
+
+def broadcast(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (any picklable object)."""
+    if not _active():
+        return obj
+    box = [obj if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
+
+
+class RemoteError(RuntimeError):
+    """Rank 0 failed in a step the other ranks were waiting for (its own traceback is in its log)."""
+
+
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and hand its result to every rank (evaluation, run-dir decisions).
+
+    An exception on rank 0 is re-raised there and turned into :class:`RemoteError` on the others, so no rank is
+    left waiting for a result that never comes.
+    """
+    if not _active():
+        return fn()
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as err:
+            broadcast(("error", f"{type(err).__name__}: {err}"))
+            raise
+        return broadcast(("ok", result))[1]
+    status, value = broadcast(None)
+    if status == "error":
+        raise RemoteError(f"rank 0 failed: {value}")
+    return value
+
+
+def agreed_max(value: int) -> int:
+    """The largest ``value`` over all ranks (e.g. a signal number seen by any rank, 0 for none)."""
+    if not _active():
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def summed(values: list[float]) -> list[float]:
+    """Element-wise sums over all ranks (run totals: losses, counts, tokens)."""
+    if not _active() or not values:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def build_once_together(entry: Path, build: Callable[[Path], None], what: str = "entry") -> bool:
+    """:func:`farlab.atomic.build_once` for a build every rank takes part in (a DDP fine-tuning: its collectives
+    need all ranks). Rank 0 holds the entry's lock, decides, builds into the staging folder and publishes; the
+    other ranks run the same build into a scratch folder that is thrown away. Returns True when reused.
+
+    In a single process this is exactly :func:`build_once`.
+    """
+    if not _active():
+        return build_once(entry, build, what)
+    lock = entry_lock(entry) if is_main() else nullcontext()
+    with lock:  # against other jobs (a sweep) building the same entry; the ranks of this job wait in broadcast
+        if broadcast(is_complete(entry) if is_main() else None):
+            return True
+        if is_main():
+            build_locked(entry, build, what)
+        else:
+            scratch = Path(tempfile.mkdtemp(prefix=f"farlab-rank{rank()}-"))
+            try:
+                build(scratch)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        barrier()  # the entry is published before any rank reads it
+    return False
