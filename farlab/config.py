@@ -54,7 +54,8 @@ class ModelSpec:
     path: Optional[str] = None
     config: Optional[dict[str, Any]] = None
     init_blocks: Optional[list[int]] = None
-    lora: LoraSpec = field(default_factory=LoraSpec)  # r > 0: adapters (student; teacher when co-trained)
+    lora: LoraSpec = field(default_factory=LoraSpec)  # r > 0: adapters (student; teacher: SFT step and co-training)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the weights' dtype (farlab.models.precision)
 
 
 @dataclass
@@ -67,6 +68,7 @@ class ModelPairConfig:
     processor: Optional[str] = None  # vision-language pairs: a folder with the processor (replaces ``tokenizer``)
     teacher_tokenizer: Optional[str] = None  # the teacher's own tokenizer folder; None = shares ``tokenizer``
     vocab_align: str = "error"  # teacher/student logit widths differ: error | truncate | pad (farlab.teachers.tokenizers)
+    pad_token: Optional[str] = None  # None = the tokenizer's own; eos; or a token to add, e.g. <|pad|> (models.padding)
 
 
 @dataclass
