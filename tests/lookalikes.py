@@ -16,7 +16,8 @@ TINY_BPE = PACKAGE_ROOT / "assets" / "tiny_bpe_enfr" / "tokenizer.json"
 TINY_WORDPIECE = PACKAGE_ROOT / "assets" / "tiny_wordpiece"
 
 # Llama 3's special tokens (its tokenizer has no pad token) and a shortened copy of its chat template.
-LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                   "<|finetune_right_pad_id|>"]  # Llama 3.1+ reserves this one for padding, but sets no pad token
 LLAMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
     "{{ message['content'] | trim }}<|eot_id|>{% endfor %}"

@@ -150,7 +150,9 @@ class PromptEncoder:
         return self.tokenizer(text)["input_ids"]
 
     def training_example(self, source: str, target: str) -> dict[str, list[int]]:
-        answer = self.tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        # after "Target:" a space separates; a chat template's assistant turn starts right after its header
+        lead = "" if self.cfg.use_chat_template else " "
+        answer = self.tokenizer(lead + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         limit = self.cfg.max_length
         prompt = self.prompt_ids(source, budget=limit - min(len(answer), limit // 2))
         answer = answer[: limit - len(prompt)]
