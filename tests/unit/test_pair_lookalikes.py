@@ -158,3 +158,18 @@ def test_smollm2_translation_prompts_use_the_chat_template(compose_cfg, tmp_path
     assert prompt.startswith("<|im_start|>user\nTranslate English to French.")
     assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
     assert example["input_ids"][-1] == tokenizer.eos_token_id
+
+
+def test_a_missing_materialised_folder_names_the_setup_command(compose_cfg, tmp_path, monkeypatch):
+    from farlab.errors import ConfigError
+
+    monkeypatch.setenv("FARLAB_MODELS_DIR", str(tmp_path / "models"))
+    cfg = compose_cfg(["model=mpnet", *GLUE])
+    validate_config(cfg)  # the folder is read when the models load, not before
+    tokenizer = load_tokenizer(str(TINY_WORDPIECE))
+    data = build_task_data(cfg.task, tokenizer, cfg.seed)
+    hint = rf"python -m farlab.models.materialize mpnet --root {tmp_path / 'models'}"
+    with pytest.raises(ConfigError, match=hint):
+        load_tokenizer(cfg.model.tokenizer)
+    with pytest.raises(ConfigError, match=hint):
+        build_setup(cfg, data, tokenizer, validate_config(cfg), None)
