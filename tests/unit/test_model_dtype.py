@@ -104,3 +104,13 @@ def test_a_bad_dtype_is_refused_with_the_choices(compose_cfg, role):
                                           r"did you mean 'bfloat16'\?"):
         validate_config(cfg)
 
+
+
+def test_the_teacher_server_serves_in_the_asked_dtype(compose_cfg, tmp_path):
+    from farlab.teachers.serve import LogprobModel
+
+    cfg = compose_cfg(LM)
+    folder = save_model({**cfg.model.teacher.config}, tmp_path / "teacher", AutoModelForCausalLM)
+    served = LogprobModel(str(folder), cfg.model.tokenizer, "t", 5, dtype="bfloat16")
+    assert _dtypes(served.model) == {torch.bfloat16}
+    assert _dtypes(LogprobModel(str(folder), cfg.model.tokenizer, "t", 5).model) == {torch.float32}
