@@ -21,7 +21,7 @@ PAIRS = {
     "tiny_bert": (["task=cola", "model=tiny_bert", "task.train_limit=32", "task.eval_limit=8",
                    "model.teacher.lora.target_modules=[query,value]"],
                   "bert.encoder.layer.0.attention.self.query.weight", "bert.encoder.layer.0.intermediate.dense.weight"),
-    "tiny_llama": (["task=europarl_en_fr", "model=tiny_llama", "task.train_limit=16", "task.eval_limit=2",
+    "tiny_llama": (["task=europarl_en_fr", "model=tiny_llama", "task.train_limit=8", "task.eval_limit=2",
                     "task.max_length=64", "model.teacher.lora.target_modules=[q_proj,v_proj]"],
                    "model.layers.0.self_attn.q_proj.weight", "model.layers.0.mlp.up_proj.weight"),
 }
@@ -31,7 +31,7 @@ PAIRS = {
 def test_lora_sft_teacher_is_merged_into_a_plain_store_entry(pair, compose_cfg, tmp_path):
     overrides, adapted, untouched = PAIRS[pair]
     cfg = compose_cfg([*overrides, "teacher_strategy=frozen_sft", f"teacher_strategy.store_dir={tmp_path}",
-                       "teacher_strategy.recipe.max_steps=3", "teacher_strategy.recipe.batch_size=8",
+                       "teacher_strategy.recipe.max_steps=2", "teacher_strategy.recipe.batch_size=8",
                        "teacher_strategy.recipe.learning_rate=0.01", "teacher_strategy.recipe.warmup_ratio=0",
                        "model.teacher.lora.r=4", "model.teacher.lora.alpha=8", "train.progress_bar=false"])
     plan = validate_config(cfg)

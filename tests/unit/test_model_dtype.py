@@ -60,7 +60,8 @@ def test_a_pretrained_folder_loads_in_the_asked_dtype(compose_cfg, tmp_path):
 
 
 def test_the_hf_and_cache_backends_run_the_teacher_in_its_dtype(compose_cfg, tmp_path):
-    cfg = compose_cfg([*LM, "model.teacher.dtype=bfloat16", "teacher_strategy=frozen_base", "teacher=cache",
+    cfg = compose_cfg(["task=cola", "model=tiny_bert", "task.train_limit=8", "task.eval_limit=4",
+                       "model.teacher.dtype=bfloat16", "teacher_strategy=frozen_base", "teacher=cache",
                        f"teacher.cache.dir={tmp_path / 'cache'}", "teacher.cache.batch_size=4"])
     plan = validate_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer)

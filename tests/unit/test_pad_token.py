@@ -87,8 +87,8 @@ def test_a_run_with_a_new_pad_token_trains_end_to_end(llama3_dir, compose_cfg, t
     from farlab.train import execute
 
     overrides = [*_pair(llama3_dir, "'<|pad|>'"), "loss=response_kl", "teacher_strategy=frozen_sft",
-                 "teacher_strategy.recipe.max_steps=2", "teacher_strategy.recipe.batch_size=4", "train.max_steps=2",
-                 "train.batch_size=4", "task.generation.max_new_tokens=3", "train.num_threads=2",
+                 "teacher_strategy.recipe.max_steps=1", "teacher_strategy.recipe.batch_size=4", "train.max_steps=1",
+                 "train.batch_size=4", "task.generation.max_new_tokens=2", "task.eval_limit=1", "train.num_threads=2",
                  f"teacher_strategy.store_dir={tmp_path / 'store'}"]
     metrics = execute(compose_cfg(overrides), tmp_path / "run", overrides)
     assert set(metrics["post"]["student"]) == {"bleu", "chrf"}
