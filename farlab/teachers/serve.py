@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from farlab.models.precision import MODEL_DTYPES
+
 log = logging.getLogger("farlab.teachers.serve")
 
 
@@ -39,8 +41,6 @@ class LogprobModel:
     def __init__(self, model_dir: str, tokenizer_dir: str | None, name: str, max_logprobs: int,
                  dtype: str = "float32") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from farlab.models.precision import MODEL_DTYPES
 
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=MODEL_DTYPES.get(dtype)).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="0 = any free port (printed at start)")
     parser.add_argument("--max-logprobs", type=int, default=20, help="largest k a request may ask for (vLLM's cap)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES.names(),
                         help="the served weights' dtype (as model.teacher.dtype for in-process teachers)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -13,7 +13,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from transformers import (
-    AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoTokenizer,
