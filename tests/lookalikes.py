@@ -68,3 +68,16 @@ def save_model(config_fields: dict[str, Any], out: Path, auto_class: Any = None)
     config = AutoConfig.for_model(fields.pop("model_type"), **fields)
     (auto_class or AutoModel).from_config(config).save_pretrained(out)
     return out
+
+
+def mpnet_tokenizer(out: Path) -> Path:
+    """all-mpnet-base-v2's tokenizer behaviour: MPNet's specials (<s>=0 as CLS, <pad>=1, </s>=2 as SEP, <unk>=3)
+    before BERT-style word pieces (ids shifted by 4; here the tiny GLUE WordPiece's), [UNK] for unknown pieces,
+    <mask> last, lower-casing."""
+    from transformers import MPNetTokenizerFast
+
+    spec = json.loads((TINY_WORDPIECE / "tokenizer.json").read_text())
+    pieces = sorted(spec["model"]["vocab"], key=spec["model"]["vocab"].get)
+    vocab = ["<s>", "<pad>", "</s>", "<unk>", *pieces, "<mask>"]
+    MPNetTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(out)
+    return out

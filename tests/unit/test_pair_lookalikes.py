@@ -28,7 +28,7 @@ from farlab.models.loading import load_tokenizer
 from farlab.train import attention_implementation, build_setup
 from farlab.validate import validate_config
 from tests.conftest import load_group
-from tests.lookalikes import TINY_WORDPIECE, llama3_tokenizer, save_model, tiny_llama_config
+from tests.lookalikes import TINY_WORDPIECE, llama3_tokenizer, mpnet_tokenizer, save_model, tiny_llama_config
 
 GLUE = ["task=cola", "task.train_limit=8", "task.eval_limit=4"]
 LM = ["task=europarl_en_fr", "task.train_limit=8", "task.eval_limit=2", "task.max_length=64"]
@@ -55,12 +55,13 @@ def bert_distilbert(root: Path) -> list[str]:
 
 
 def mpnet(root: Path) -> list[str]:
-    """all-mpnet-base-v2's shape where the config depends on it: MPNet, 12 blocks, <s>/</s>/<pad>=1 specials."""
-    tok = root / "teacher"
-    save_model({**_encoder_fields("mpnet", 2000, 12), "pad_token_id": 0}, tok)
-    _bert_tokenizer(root / "tok")
-    AutoTokenizer.from_pretrained(root / "tok").save_pretrained(tok)
-    return [*GLUE, f"model.teacher.path={tok}"]
+    """all-mpnet-base-v2 where the config depends on it: MPNet, 12 blocks (the student picks from them), its
+    tokenizer's specials (<s> = CLS, <pad> = 1); one folder holds both, as the materialised one does."""
+    folder = mpnet_tokenizer(root / "teacher")
+    vocab = len(AutoTokenizer.from_pretrained(folder))
+    save_model({**_encoder_fields("mpnet", vocab, 12), "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2},
+               folder)
+    return [*GLUE, f"model.teacher.path={folder}"]
 
 
 def llama_3b_1b(root: Path) -> list[str]:
@@ -129,6 +130,8 @@ def test_pair_builds_from_its_config_and_distils_one_batch(pair, compose_cfg, tm
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)
     text = getattr(tokenizer, "tokenizer", tokenizer)
     assert text.pad_token_id is not None
+    if pair.startswith("mpnet"):
+        assert (text.cls_token, text.pad_token_id) == ("<s>", 1)
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     setup = build_setup(cfg, data, tokenizer, plan, attention_implementation(cfg.model, plan))
     student = setup.pair.student
