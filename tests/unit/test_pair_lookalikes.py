@@ -132,6 +132,8 @@ def test_pair_builds_from_its_config_and_distils_one_batch(pair, compose_cfg, tm
     assert text.pad_token_id is not None
     if pair.startswith("mpnet"):
         assert (text.cls_token, text.pad_token_id) == ("<s>", 1)
+    if pair == "llama_3b_1b":  # Llama 3's reserved pad token is reused: no new id, no resize
+        assert text.pad_token == "<|finetune_right_pad_id|>" and len(text) == 1030
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     setup = build_setup(cfg, data, tokenizer, plan, attention_implementation(cfg.model, plan))
     student = setup.pair.student
