@@ -65,7 +65,8 @@ class ModelSpec:
     init_blocks: Any = None  # [1, 3, 5], or "auto:N": the N blocks of highest measured importance (models/pruning.py)
     width: WidthSpec = field(default_factory=WidthSpec)  # from_teacher: Minitron width pruning
     importance_examples: int = 256  # training examples that measure block / width importance
-    lora: LoraSpec = field(default_factory=LoraSpec)  # r > 0: adapters (student; teacher when co-trained)
+    lora: LoraSpec = field(default_factory=LoraSpec)  # r > 0: adapters (student; teacher: SFT step and co-training)
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the weights' dtype (farlab.models.precision)
 
 
 @dataclass
@@ -78,6 +79,7 @@ class ModelPairConfig:
     processor: Optional[str] = None  # vision-language pairs: a folder with the processor (replaces ``tokenizer``)
     teacher_tokenizer: Optional[str] = None  # the teacher's own tokenizer folder; None = shares ``tokenizer``
     vocab_align: str = "error"  # teacher/student logit widths differ: error | truncate | pad (farlab.teachers.tokenizers)
+    pad_token: Optional[str] = None  # None = the tokenizer's own; eos; or a token to add, e.g. <|pad|> (models.padding)
 
 
 @dataclass

@@ -209,7 +209,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     set_threads(cfg.train.num_threads)
     attn = attention_implementation(cfg.model, plan)
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)  # a processor for vision-language pairs
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)  # a processor for vision-language pairs
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
     check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[*overrides, "teacher.backend=cache"])
     plan = validate_config(cfg)
-    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     settings = TeacherSettings.from_run_config(cfg)
     ctx = TeacherContext(settings, None, data, tokenizer, cfg.model.attn_implementation, plan,

@@ -118,7 +118,11 @@ class PromptEncoder:
 
     def __init__(self, cfg: TranslationTaskConfig, tokenizer: Any) -> None:
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
-            raise DataError("the tokenizer needs eos and pad tokens for translation (set tokenizer.pad_token)")
+            raise DataError(
+                f"the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no "
+                f"{'eos' if tokenizer.eos_token_id is None else 'pad'} token, which translation needs "
+                "(Llama 3 tokenizers ship without a pad token): set model.pad_token=eos, or a new token such as "
+                "model.pad_token='<|pad|>' (added to the tokenizer; teacher and student embeddings are resized)")
         if cfg.use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise DataError(
                 f"task.use_chat_template=true, but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no "
@@ -146,7 +150,9 @@ class PromptEncoder:
         return self.tokenizer(text)["input_ids"]
 
     def training_example(self, source: str, target: str) -> dict[str, list[int]]:
-        answer = self.tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        # after "Target:" a space separates; a chat template's assistant turn starts right after its header
+        lead = "" if self.cfg.use_chat_template else " "
+        answer = self.tokenizer(lead + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         limit = self.cfg.max_length
         prompt = self.prompt_ids(source, budget=limit - min(len(answer), limit // 2))
         answer = answer[: limit - len(prompt)]

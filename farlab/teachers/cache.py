@@ -18,7 +18,8 @@ Build it with ``python -m farlab.teachers.cache <the train overrides>`` or let t
     metrics/<eval>.json  the teacher's pre-training eval metrics per eval-set fingerprint
     COMPLETE             written last (farlab.atomic.publish); an entry without it is ignored
 
-The key: teacher identity (SFT store key, or name + weights fingerprint / init config + seed), dataset
+The key: teacher identity (SFT store key, or name + weights fingerprint / init config + seed, plus a non-default
+model.teacher.dtype and model.pad_token), dataset
 fingerprint (a hash of every column of the tokenized train split, example ids included), k, the stored
 log-prob temperature (always 1.0), task max length, dtype and hidden layers. Opening an entry built for
 another key is refused with the differing fields named. Builds run under a file lock (one process builds,
@@ -48,6 +49,7 @@ from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import TopK
 from farlab.registry import Registry
 from farlab.models.forward import model_inputs
+from farlab.models.precision import DEFAULT_DTYPE
 from farlab.teachers.backends.base import filler_topk, topk_from_logits
 from farlab.atomic import COMPLETE_MARKER, build_once
 
@@ -174,6 +176,10 @@ def teacher_identity(settings: Any, kind: str) -> dict[str, Any]:
         ident["hub_id"] = str(spec.path)  # a hub id: pinned by name only
     if spec.source == "config" or not TASK_KINDS.get(kind).vocabulary_logits:
         ident["seed"] = settings.seed  # random weights or a fresh task head depend on the seed
+    if spec.get("dtype", DEFAULT_DTYPE) != DEFAULT_DTYPE:  # at the default: absent, so older entries keep their key
+        ident["dtype"] = spec.dtype
+    if settings.model.get("pad_token") is not None:  # an added pad token resizes the teacher's output layer
+        ident["pad_token"] = settings.model.pad_token
     return ident
 
 

@@ -2,6 +2,7 @@
 
     python -m farlab.teachers.serve --model <HF folder> [--tokenizer <folder>] [--host 127.0.0.1]
                                     [--port 8000 (0 = any free port)] [--max-logprobs 20] [--name NAME]
+                                    [--dtype float32|bfloat16|float16]
 
 For users without vLLM, and for the tests (a real HTTP server process). Endpoints: ``GET /health``,
 ``GET /v1/models``, ``POST /v1/completions`` with ``prompt`` as text, token ids, or a list of either;
@@ -25,6 +26,8 @@ from typing import Any
 
 import torch
 
+from farlab.models.precision import MODEL_DTYPES
+
 log = logging.getLogger("farlab.teachers.serve")
 
 
@@ -35,10 +38,11 @@ class BadRequest(ValueError):
 class LogprobModel:
     """The served model: prompt top-k logprobs and short greedy/sampled completions."""
 
-    def __init__(self, model_dir: str, tokenizer_dir: str | None, name: str, max_logprobs: int) -> None:
+    def __init__(self, model_dir: str, tokenizer_dir: str | None, name: str, max_logprobs: int,
+                 dtype: str = "float32") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=MODEL_DTYPES.get(dtype)).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or model_dir)
         self.name, self.max_logprobs = name, max_logprobs
         self.lock = threading.Lock()
@@ -188,12 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8000, help="0 = any free port (printed at start)")
     parser.add_argument("--max-logprobs", type=int, default=20, help="largest k a request may ask for (vLLM's cap)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--dtype", default="float32", choices=MODEL_DTYPES.names(),
+                        help="the served weights' dtype (as model.teacher.dtype for in-process teachers)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = LogprobModel(args.model, args.tokenizer, args.name or args.model, args.max_logprobs)
+    model = LogprobModel(args.model, args.tokenizer, args.name or args.model, args.max_logprobs, args.dtype)
     server = ThreadingHTTPServer((args.host, args.port), make_handler(model, args.verbose))
     host, port = server.server_address[:2]
     print(f"serving {model.name} on http://{host}:{port}/v1", flush=True)

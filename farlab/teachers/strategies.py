@@ -18,6 +18,9 @@ from transformers import PreTrainedModel, set_seed
 from farlab.data.base import TaskData
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import build_model, check_vocab, head_for
+from farlab.models.lora import apply_lora
+from farlab.models.padding import fit_pad_token
+from farlab.models.precision import DEFAULT_DTYPE, torch_dtype
 from farlab.registry import Registry, unknown_choice_message
 from farlab.teachers.store import TeacherStore
 
@@ -62,6 +65,7 @@ class TeacherContext:
         if self.base_teacher is None:
             set_seed(self.settings.seed)
             self.base_teacher = build_model(self.settings.model.teacher, head_for(self.data), self.attn_implementation)
+            fit_pad_token(self.base_teacher, self.tokenizer, self.settings.model.get("pad_token"))
             check_vocab(self.base_teacher, self.tokenizer, "teacher")
         return self.base_teacher
 
@@ -86,11 +90,14 @@ def _sft(ctx: TeacherContext) -> PreTrainedModel:
 
     def train(out: Path) -> None:
         set_seed(cfg.seed)
-        ctx.fine_tune(ctx.base(), ctx.data, ctx.tokenizer, out)
+        model, lora = ctx.base(), cfg.model.teacher.lora
+        if lora.r > 0:  # LoRA fine-tuning; fine_tune merges the adapters into the saved weights
+            model = apply_lora(model, lora, ctx.data.kind)
+        ctx.fine_tune(model, ctx.data, ctx.tokenizer, out)
 
     path, _ = store.get_or_train(name, material, train)
     kwargs = {"attn_implementation": ctx.attn_implementation} if ctx.attn_implementation else {}
-    return head_for(ctx.data).auto_class.from_pretrained(path, **kwargs)
+    return head_for(ctx.data).auto_class.from_pretrained(path, dtype=torch_dtype(cfg.model.teacher), **kwargs)
 
 
 def sft_store_name(settings: TeacherSettings) -> str:
@@ -98,14 +105,25 @@ def sft_store_name(settings: TeacherSettings) -> str:
 
 
 def sft_store_material(settings: TeacherSettings) -> dict[str, Any]:
-    """What identifies an SFT teacher: task (data and limits), teacher model, tokenizer, seed, recipe."""
-    return {
+    """What identifies an SFT teacher: task (data and limits), teacher model (LoRA and dtype included), tokenizer
+    (and an added pad token), seed, recipe.
+
+    Settings newer than the store that are at their defaults (dtype float32, no pad token) are left out, so the
+    entries stores already hold keep their keys.
+    """
+    teacher = OmegaConf.to_container(settings.model.teacher, resolve=True)
+    if teacher.get("dtype") == DEFAULT_DTYPE:
+        del teacher["dtype"]
+    material = {
         "task": OmegaConf.to_container(settings.task, resolve=True),
-        "teacher": OmegaConf.to_container(settings.model.teacher, resolve=True),
+        "teacher": teacher,
         "tokenizer": settings.model.tokenizer,
         "seed": settings.seed,
         "recipe": OmegaConf.to_container(settings.strategy.recipe, resolve=True),
     }
+    if settings.model.get("pad_token") is not None:
+        material["pad_token"] = settings.model.pad_token
+    return material
 
 
 def strategy_problems(ts: Any, plan: Any) -> list[str]:

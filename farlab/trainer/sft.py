@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from farlab.data.base import TaskData
 from farlab.losses.objective import build_objective
+from farlab.models.lora import merged
 from farlab.trainer.fit import FitSettings, make_trainer
 from farlab.trainer.pair import DistillationModule
 
@@ -29,7 +30,7 @@ def sft_fine_tuner(recipe: Any, train_cfg: Any, seed: int) -> Callable[[PreTrain
                                            progress_bar=train_cfg.progress_bar, save_checkpoints=False)
         trainer = make_trainer(pair, data, tokenizer, out_dir / "run", settings, seed)
         trainer.train()
-        model.save_pretrained(out_dir)
+        merged(model).save_pretrained(out_dir)  # a LoRA-tuned teacher (model.teacher.lora.r > 0): adapters folded in
         tokenizer.save_pretrained(out_dir)
 
     return fine_tune

@@ -29,6 +29,7 @@ from farlab.data.base import TaskData
 from farlab.errors import ConfigError, DataError, RunDirError
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import build_model, build_student, head_for, load_tokenizer, model_shape
+from farlab.models.padding import fit_pad_token
 from farlab.run_record import finished_run, read_run_json
 from farlab.teachers.store import TeacherStore
 from farlab.teachers.strategies import TeacherSettings, sft_store_material, sft_store_name
@@ -146,6 +147,7 @@ class RunContext:
         set_seed(self.cfg.seed)
         try:
             model = build_model(self.cfg.model.teacher, head_for(self.data), self._attn())
+            fit_pad_token(model, self.tokenizer, self.cfg.model.get("pad_token"))
         except ConfigError as err:
             raise WorkbenchError(f"cannot rebuild the base teacher {self.cfg.model.teacher.name!r}: {err}") from err
         return Model("teacher", model, f"base weights of {self.cfg.model.teacher.name} "
@@ -221,7 +223,7 @@ def open_run(run_dir: str | Path, device: str | None = None) -> RunContext:
     raw, cfg = load_config(run_dir)
     plan = LossPlan.from_config(cfg.loss)
     try:
-        tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.get("processor"))
+        tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.get("processor"), cfg.model.get("pad_token"))
         data = build_task_data(cfg.task, tokenizer, cfg.seed)
     except (ConfigError, DataError) as err:
         raise WorkbenchError(f"cannot rebuild the data of {run_dir}: {err}") from err

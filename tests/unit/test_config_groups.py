@@ -65,3 +65,46 @@ def test_every_experiment_composes(experiment: str) -> None:
 def test_every_launcher_composes(launcher: str) -> None:
     cfg = _compose([f"hydra/launcher={launcher}"], hydra=True)
     assert "_target_" in cfg.hydra.launcher
+
+
+# The component group is composed into a loss (the combined_* losses do it in their defaults list).
+@pytest.mark.parametrize("component", _options("component"))
+def test_every_component_composes_into_a_loss_and_is_active(component: str) -> None:
+    cfg = _compose(["loss=ce", "loss.alpha=0.5", f"+component@loss.components.{component}={component}"])
+    plan = validate_config(cfg)
+    assert [c.name for c in plan.active] == [component]
+
+
+# Each model option with a task of the kind it is made for and a loss with F, A and R terms: layer maps,
+# projections and attention settings are checked against the pair (read from configs where no weights load).
+MODEL_TASKS = {"llama": "europarl_en_fr", "smollm2": "europarl_en_fr", "qwen": "ocr_uw3_lines"}
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_every_model_validates_with_its_task_and_a_far_loss(model: str) -> None:
+    task = next((t for key, t in MODEL_TASKS.items() if key in model), "cola")
+    cfg = _compose([f"model={model}", f"task={task}", "loss=combined_far"])
+    plan = validate_config(cfg)
+    assert plan.needs_hidden_states and plan.needs_attentions
+    assert cfg.model.teacher.dtype == cfg.model.student.dtype == "float32"  # schema defaults reach every pair
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_every_model_dtype_validates(role: str, dtype: str) -> None:
+    validate_config(_compose([f"model.{role}.dtype={dtype}"]))
+
+
+# teacher backend x teacher strategy: every pair validates except out-of-process backends serving a co-trained
+# teacher, which are refused naming the reason.
+@pytest.mark.parametrize("strategy", _options("teacher_strategy"))
+@pytest.mark.parametrize("backend", _options("teacher"))
+def test_every_teacher_backend_with_every_strategy(backend: str, strategy: str) -> None:
+    from farlab.errors import ConfigError
+
+    cfg = _compose([f"teacher={backend}", f"teacher_strategy={strategy}"])
+    if cfg.teacher_strategy.trainable and backend != "hf":
+        with pytest.raises(ConfigError, match="co-trains the teacher.*use teacher=hf"):
+            validate_config(cfg)
+    else:
+        validate_config(cfg)

@@ -86,6 +86,9 @@ def prepare_openai(ctx: Any, load_teacher: Any = None) -> PreparedTeacher:
     k = settings.backend.top_k or DEFAULT_TOP_K
     client = make_client(settings.backend.openai, ctx.tokenizer)
     log.info("teacher server %s (model %s), top-k %d", settings.backend.openai.base_url, client.model, k)
+    if settings.model.teacher.get("dtype", "float32") != "float32":  # the server's weights are the server's business
+        log.info("model.teacher.dtype=%s: a server runs its own dtype (python -m farlab.teachers.serve --dtype %s, "
+                 "vLLM --dtype)", settings.model.teacher.dtype, settings.model.teacher.dtype)
     try:
         shape = spec_shape(settings.model.teacher, head_for(ctx.data))
     except Exception:  # noqa: BLE001 - the teacher may exist only on the server; response losses need no shape
