@@ -209,7 +209,8 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     set_threads(cfg.train.num_threads)
     attn = attention_implementation(cfg.model, plan)
 
-    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)  # a processor for vision-language pairs
+    # a processor for vision-language pairs; model.pad_token for tokenizers that ship without one
+    tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
     check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's
@@ -239,7 +240,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         "loss_components": fitted.trainer.component_means(),
         "best": fitted.peak.best,
         "peak_memory_mb": peak_memory_mb(),
-        "student_init": getattr(post_models["student"].config, "farlab_pruning", None),  # auto blocks / width
+        "student_init": getattr(setup.pair.student.config, "farlab_pruning", None),  # auto blocks / width
     }
     if fitted.report_to:
         finish_wandb(metrics)

@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, set_seed
 
 from farlab.data.kinds import Head
-from farlab.models import pruning
 from farlab.errors import ConfigError
 from farlab.losses.base import ModelShape
+from farlab.models import pruning
 from farlab.models.padding import fit_pad_token, pad_token_problems, set_pad_token
 from farlab.models.precision import dtype_problems, torch_dtype
 from farlab.registry import Registry, unknown_choice_message
