@@ -20,6 +20,7 @@ from farlab.config import REPO_ROOT, register_configs
 from farlab.data import build_task_data
 from farlab.data.base import TaskData
 from farlab.eval.extra import evaluate_extra, extra_eval_report
+from farlab.eval.harness import build_harness
 from farlab.eval.loop import evaluate_model
 from farlab.eval.transfer import transfer_gap
 from farlab.losses.gkd import build_on_policy
@@ -202,17 +203,21 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
     check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's
+    harness = build_harness(cfg.eval.harness, tokenizer, cfg.paths.get("data"), data.task_kind,
+                            cfg.model.teacher_tokenizer)  # eval.harness.tasks (lm-eval), or None
     setup = build_setup(cfg, data, tokenizer, plan, attn)
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
     pre = pre_metrics(setup, data, eval_bs, progress)
     pre_models = {"student": setup.pair.student, "teacher": setup.teacher}
     pre_extra = evaluate_extra(data, pre_models, eval_bs, "pre", progress)  # task.extra_eval_files, if any
+    pre_harness = harness.evaluate(pre_models, "pre") if harness else {}
 
     fitted = fit(cfg, setup, data, tokenizer, run_dir, stop or GracefulStop())
     post_models = export_models(setup, tokenizer, run_dir)
     post = {role: evaluate_model(model, data, eval_bs, f"post-eval {role}", progress)
             for role, model in post_models.items() if model is not None}
     post_extra = evaluate_extra(data, post_models, eval_bs, "post", progress)
+    post_harness = harness.evaluate(post_models, "post") if harness else {}
     fitted.peak.record(post["student"], fitted.result.global_step)
 
     primary = data.primary_metric
@@ -230,6 +235,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         "loss_components": fitted.trainer.component_means(),
         "best": fitted.peak.best,
         "peak_memory_mb": peak_memory_mb(),
+        **({"harness": harness.report(pre_harness, post_harness)} if harness else {}),
     }
     if fitted.report_to:
         finish_wandb(metrics)
