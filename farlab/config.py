@@ -230,6 +230,26 @@ class WandbConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """lm-evaluation-harness tasks run on the student (and an in-process causal LM teacher) before and after
+    training (farlab.eval.harness, docs/harness.md); results go to metrics.json ``harness``."""
+
+    tasks: list[str] = field(default_factory=list)  # empty = off; farlab's local tasks: farlab/assets/harness_tasks
+    include_path: Optional[str] = None  # another folder of lm-eval task YAMLs, searched after farlab's own
+    include_defaults: bool = False  # also lm-eval's own tasks (hellaswag, arc_easy, ...): their data is on the hub
+    limit: Optional[int] = None  # documents per task; None = all
+    num_fewshot: Optional[int] = None  # None = each task's own default
+    batch_size: int = 8
+    teacher: bool = True  # also score the teacher when it is a causal LM held in this process
+    bootstrap_iters: int = 0  # stderr bootstrap resamples (0 = none; lm-eval's CLI default is 100000)
+
+
+@dataclass
+class EvalConfig:
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
+
+
+@dataclass
 class FarlabConfig:
     seed: int = 42
     resume: bool = True
@@ -243,6 +263,7 @@ class FarlabConfig:
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluations beyond the task metric (lm-eval harness)
     output_dir: Optional[str] = None  # None = Hydra's run dir
     paths: dict[str, Any] = field(default_factory=dict)
 

@@ -21,6 +21,7 @@ from farlab.config import REPO_ROOT, register_configs
 from farlab.data import build_task_data
 from farlab.data.base import TaskData
 from farlab.eval.extra import evaluate_extra, extra_eval_report
+from farlab.eval.harness import build_harness
 from farlab.eval.loop import evaluate_model
 from farlab.eval.transfer import transfer_gap
 from farlab.losses.gkd import build_on_policy
@@ -180,13 +181,14 @@ def export_models(setup: Setup, tokenizer: Any, run_dir: Path) -> dict[str, PreT
     return {"student": student, "teacher": teacher}
 
 
-def export_and_evaluate(setup: Setup, data: TaskData, tokenizer: Any, run_dir: Path, eval_bs: int,
-                        progress: bool) -> tuple[dict[str, Any], Any]:
-    """final/ and the post-training metrics (main split, extra eval files)."""
+def export_and_evaluate(setup: Setup, data: TaskData, tokenizer: Any, run_dir: Path, eval_bs: int, progress: bool,
+                        harness: Any = None) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """final/ and the post-training metrics (main split, extra eval files, lm-eval tasks)."""
     post_models = export_models(setup, tokenizer, run_dir)
     post = {role: evaluate_model(model, data, eval_bs, f"post-eval {role}", progress)
             for role, model in post_models.items() if model is not None}
-    return post, evaluate_extra(data, post_models, eval_bs, "post", progress)
+    extra = evaluate_extra(data, post_models, eval_bs, "post", progress)
+    return post, extra, (harness.evaluate(post_models, "post") if harness else {})
 
 
 def train_summary(fitted: FitResult) -> dict[str, Any]:
@@ -214,15 +216,19 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
     check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's
+    harness = build_harness(cfg.eval.harness, tokenizer, cfg.paths.get("data"), data.task_kind,
+                            cfg.model.teacher_tokenizer)  # eval.harness.tasks (lm-eval), or None
     setup = build_setup(cfg, data, tokenizer, plan, attn)
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar
     pre_models = {"student": setup.pair.student, "teacher": setup.teacher}
-    pre, pre_extra = distributed.on_main(lambda: (  # evaluation runs once, on rank 0 (farlab.distributed)
+    pre, pre_extra, pre_harness = distributed.on_main(lambda: (  # evaluation runs once, on rank 0 (farlab.distributed)
         pre_metrics(setup, data, eval_bs, progress),
-        evaluate_extra(data, pre_models, eval_bs, "pre", progress)))  # task.extra_eval_files, if any
+        evaluate_extra(data, pre_models, eval_bs, "pre", progress),  # task.extra_eval_files, if any
+        harness.evaluate(pre_models, "pre") if harness else {}))  # eval.harness.tasks, if any
 
     fitted = fit(cfg, setup, data, tokenizer, run_dir, stop or GracefulStop())
-    post, post_extra = distributed.on_main(lambda: export_and_evaluate(setup, data, tokenizer, run_dir, eval_bs, progress))
+    post, post_extra, post_harness = distributed.on_main(
+        lambda: export_and_evaluate(setup, data, tokenizer, run_dir, eval_bs, progress, harness))
     fitted.peak.record(post["student"], fitted.result.global_step)
 
     primary = data.primary_metric
@@ -241,6 +247,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         "best": fitted.peak.best,
         "peak_memory_mb": peak_memory_mb(),
         "student_init": getattr(setup.pair.student.config, "farlab_pruning", None),  # auto blocks / width
+        **({"harness": harness.report(pre_harness, post_harness)} if harness else {}),
     }
     if fitted.report_to:
         finish_wandb(metrics)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from farlab.data import validate_task_config
 from farlab.errors import ConfigError
+from farlab.eval.harness import harness_problems
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import model_problems
 from farlab.teachers.backends import teacher_problems
@@ -39,6 +40,7 @@ def validate_config(cfg: DictConfig) -> LossPlan:
         *strategy_problems(cfg.teacher_strategy, plan),
         *train_problems(cfg.train, cfg.wandb),
         *parallel_problems(cfg.train),
+        *harness_problems(cfg.eval.harness, cfg.paths.get("data")),
     ]
     if len(problems) == 1:
         raise ConfigError(problems[0])

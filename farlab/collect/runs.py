@@ -205,14 +205,27 @@ def _evaluations(m: dict, prefix: str, out: dict[str, Any]) -> None:
                                                                         if _is_number(r))
 
 
+def _harness_by_task(harness: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """metrics.json ``harness`` {phase: {role: {task: metrics}}} -> {task: {phase: {role: metrics}}}."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for phase in ("pre", "post"):
+        for role, tasks in ((harness or {}).get(phase) or {}).items() if isinstance(harness, dict) else ():
+            for task, vals in (tasks or {}).items() if isinstance(tasks, dict) else ():
+                out.setdefault(task, {}).setdefault(phase, {})[role] = vals
+    return out
+
+
 def flatten_metrics(m: dict) -> dict[str, Any]:
     """metrics.json -> flat columns: pre_<role>_<metric>, post_<role>_<metric>, extra_<split>_<phase>_<role>_<metric>
-    (task.extra_eval_files), transfer gap, train_*, runtime_s, peak_memory_mb_*, best_*."""
+    (task.extra_eval_files), harness_<task>_<phase>_<role>_<metric> (eval.harness), transfer gap, train_*,
+    runtime_s, peak_memory_mb_*, best_*."""
     out: dict[str, Any] = {"primary_metric": m.get("primary_metric") or ""}
     _evaluations(m, "", out)
     for stem, evals in sorted((m.get("extra_eval") or {}).items()):
         if isinstance(evals, dict):
             _evaluations(evals, f"extra_{stem}_", out)
+    for task, evals in sorted(_harness_by_task(m.get("harness")).items()):
+        _evaluations(evals, f"harness_{task}_", out)
     gap = m.get("transfer_gap") or {}
     out["transfer_metric"] = gap.get("metric") or ""
     for key in ("teacher_advantage", "student_gain", "transfer_efficiency"):

@@ -213,6 +213,8 @@ class CompletionsClient:
             except httpx.TransportError as err:  # refused, reset, DNS, timeouts
                 last = f"{type(err).__name__}: {err}"
                 continue
+            if _refuses_token_ids(response):  # a 500 that every retry would get again
+                raise TeacherServerError(self._refusal(url, response))
             if response.status_code in RETRY_STATUS:
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 continue
@@ -230,7 +232,12 @@ class CompletionsClient:
     def _refusal(url: str, response: httpx.Response) -> str:
         text = response.text[:500]
         hint = ""
-        if "max allowed" in text or "max_logprobs" in text:
+        if _refuses_token_ids(response):
+            text = "the prompt must be a string (token-id prompts refused)"
+            hint = (" This server takes text prompts only (llama-cpp-python's server does, and answers HTTP 500); "
+                    "farlab sends token ids so the teacher scores exactly the student's tokens: serve the teacher "
+                    "with vLLM, sglang or `python -m farlab.teachers.serve` (docs/teachers.md)")
+        elif "max allowed" in text or "max_logprobs" in text:
             hint = (" vLLM caps logprobs at --max-logprobs (default 20): relaunch it with --max-logprobs K, or "
                     "lower teacher.top_k")
         return f"the teacher server refused the request ({url}: HTTP {response.status_code}: {text}).{hint}"
@@ -292,6 +299,11 @@ class CompletionsClient:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
+
+
+def _refuses_token_ids(response: httpx.Response) -> bool:
+    """llama-cpp-python's server: a pydantic error on ``prompt`` (str | list[str]) for our id list, as HTTP 500."""
+    return response.status_code >= 400 and "'prompt'" in response.text and "valid string" in response.text
 
 
 def retemper(logprobs: np.ndarray, temperature: float) -> np.ndarray:

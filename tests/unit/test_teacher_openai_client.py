@@ -95,3 +95,30 @@ def test_a_server_that_answers_fewer_choices_than_prompts_is_refused(monkeypatch
     with pytest.raises(TeacherServerError, match="1 choices for 2 prompts.*prompts_per_request=1"):
         client.prompt_topk([IDS, IDS], 1)
     client.close()
+
+
+# llama-cpp-python 0.3.36's server, recorded here: a token-id prompt fails its pydantic schema (str | list[str]),
+# answered as HTTP 500. Every retry would get the same answer, so the client stops at once and says why.
+LLAMA_CPP_IDS_REFUSAL = (
+    '{"error":{"message":"4 validation errors:\\n  {\'type\': \'string_type\', \'loc\': (\'body\', \'prompt\', '
+    '\'str\'), \'msg\': \'Input should be a valid string\', \'input\': [1, 55, 85]}\\n  {\'type\': \'string_type\', '
+    '\'loc\': (\'body\', \'prompt\', \'list[str]\', 0), \'msg\': \'Input should be a valid string\', \'input\': 1}"'
+    ',"type":"internal_server_error","param":null,"code":null}}'
+)
+
+
+def test_a_text_only_server_is_refused_at_once_with_the_reason():
+    import httpx
+
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(500, text=LLAMA_CPP_IDS_REFUSAL)
+
+    client = CompletionsClient("http://127.0.0.1:9/v1", model="m", max_retries=3, sleep=lambda _: None)
+    client.http = httpx.Client(transport=httpx.MockTransport(handler))
+    with pytest.raises(TeacherServerError, match=r"token-id prompts refused.*llama-cpp-python.*farlab.teachers.serve"):
+        client.prompt_topk_one([1, 55, 85], 2)
+    assert seen == ["/v1/completions"] and client.retries == 0
+    client.close()
