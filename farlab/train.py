@@ -111,7 +111,7 @@ def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan,
         teacher_trainable=trainable_teacher,
         teacher_ce_weight=cotrain.ce_weight,
         detach_targets=cotrain.detach_targets,
-        backend=prepared.make_backend(teacher) if prepared else None,
+        backend=prepared.make_backend(student if prepared.on_student else teacher) if prepared else None,
         vocab_align=vocab_aligner(cfg.model.vocab_align, data.kind) if prepared else None,
         on_policy=build_on_policy(cfg.loss.get("gkd"), data.task_kind, tokenizer, cfg.seed) if prepared else None,
     )
@@ -199,7 +199,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     attn = attention_implementation(cfg.model, plan)
 
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)  # a processor for vision-language pairs
-    data = build_task_data(cfg.task, tokenizer, cfg.seed)
+    data = build_task_data(cfg.task, tokenizer, cfg.seed, cfg.get("distill"))  # + teacher prompts
     log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
     check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's
     setup = build_setup(cfg, data, tokenizer, plan, attn)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from farlab.data import validate_task_config
+from farlab.data.context import context_problems
 from farlab.errors import ConfigError
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import model_problems
@@ -37,6 +38,7 @@ def validate_config(cfg: DictConfig) -> LossPlan:
         *vocab_align_problems(cfg.model.vocab_align),
         *strategy_problems(cfg.teacher_strategy, plan),
         *train_problems(cfg.train, cfg.wandb),
+        *context_problems(cfg.get("distill"), cfg.task, plan, cfg.loss.get("gkd")),
     ]
     if len(problems) == 1:
         raise ConfigError(problems[0])
