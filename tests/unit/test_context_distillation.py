@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 from farlab.config import REPO_ROOT, DistillConfig
 from farlab.data import build_task_data
 from farlab.data.context import (
-    aligned_index,
     align_view,
+    aligned_index,
     gather_positions,
     student_side,
     teacher_prompt,
@@ -150,7 +150,7 @@ def test_collator_pads_each_side_to_its_own_width_and_models_never_see_the_teach
     t = teacher_side(batch)
     assert t["input_ids"] is batch["teacher_input_ids"] and t["example_id"] is batch["example_id"]
     assert "teacher_input_ids" not in student_side(batch) and teacher_side(student_side(batch)) is not t
-    lengths = lambda mask: mask.sum(1).tolist()  # noqa: E731
+    lengths = lambda mask: mask.sum(1).tolist()
     assert lengths(lm_masks(t)[1]) == lengths(lm_masks(batch)[1])  # same response lengths on both sides
 
 
@@ -178,13 +178,13 @@ def test_loss_is_unchanged_when_the_teacher_sees_the_same_prompt_in_another_layo
     prompt: alignment is exact on the dense, top-k and chunked paths."""
     data = build_task_data(_task(), TOKENIZER, seed=0)
     batch = data.collator([data.train[i] for i in range(4)])
-    wide = lambda x, v: torch.cat([x, torch.full((x.shape[0], 3), v)], dim=1)  # noqa: E731
+    wide = lambda x, v: torch.cat([x, torch.full((x.shape[0], 3), v)], dim=1)
     with_teacher = {**batch, "teacher_input_ids": wide(batch["input_ids"], 0),
                     "teacher_attention_mask": wide(batch["attention_mask"], 0), "teacher_labels": wide(batch["labels"], -100)}
     pair = _pair(_tiny("student", 0), _tiny("teacher", 1), top_k, chunk).eval()
     with torch.no_grad():
         base, base_parts = pair(**batch)
-        aligned, parts = pair(**with_teacher)
+        aligned, _ = pair(**with_teacher)
     assert base_parts["response/raw"] > 0
     torch.testing.assert_close(aligned, base, rtol=1e-5, atol=1e-6)
 
@@ -194,7 +194,7 @@ def test_teacher_equal_to_student_with_an_empty_context_gives_zero_kl_and_a_cont
     pair = _pair(student, student).eval()
     same = build_task_data(_task(), TOKENIZER, seed=0, distill=_distill(context="", teacher_template=_task_template()))
     ctx = build_task_data(_task(), TOKENIZER, seed=0, distill=_distill(context=CONTEXT))
-    rows = lambda d: d.collator([d.train[i] for i in range(4)])  # noqa: E731
+    rows = lambda d: d.collator([d.train[i] for i in range(4)])
     with torch.no_grad():
         _, parts_same = pair(**rows(same))
         _, parts_ctx = pair(**rows(ctx))
