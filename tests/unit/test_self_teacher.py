@@ -108,6 +108,13 @@ def _cfg(compose_cfg, tmp_path, **extra):
     return compose_cfg(tiny_overrides(tmp_path / "store", **{**base, **extra}))
 
 
+def test_teacher_self_implies_adapters_and_the_frozen_base_strategy(compose_cfg):
+    cfg = compose_cfg(["teacher=self"])
+    assert cfg.teacher.backend == "self" and cfg.teacher_strategy.name == "frozen_base"
+    assert cfg.model.student.lora.r == 8
+    assert compose_cfg(["teacher=self", "model.student.lora.r=2"]).model.student.lora.r == 2
+
+
 def test_validation_needs_lora_adapters_and_the_frozen_base_strategy(compose_cfg, tmp_path):
     validate_config(_cfg(compose_cfg, tmp_path))
     validate_config(_cfg(compose_cfg, tmp_path, loss="response_mse"))  # dense logits: full-logit fns are fine
