@@ -38,7 +38,7 @@ def validate_config(cfg: DictConfig) -> LossPlan:
         *vocab_align_problems(cfg.model.vocab_align),
         *strategy_problems(cfg.teacher_strategy, plan),
         *train_problems(cfg.train, cfg.wandb),
-        *context_problems(cfg.get("distill"), cfg.task, plan, cfg.loss.get("gkd")),
+        *context_problems(cfg.get("distill"), cfg.task, plan),
     ]
     if len(problems) == 1:
         raise ConfigError(problems[0])

@@ -65,7 +65,7 @@ def teacher_prompt(distill: Any) -> TeacherPrompt | None:
     return prompt if (prompt.context or prompt.template is not None or prompt.chat is not None) else None
 
 
-def context_problems(distill: Any, task_cfg: Any, plan: Any, gkd: Any = None) -> list[str]:
+def context_problems(distill: Any, task_cfg: Any, plan: Any) -> list[str]:
     """Model-free checks of ``distill`` against the task family and the loss plan."""
     from farlab.data import TASK_FAMILIES
 
@@ -98,9 +98,6 @@ def context_problems(distill: Any, task_cfg: Any, plan: Any, gkd: Any = None) ->
     if plan.needs_attentions:
         problems.append("attention losses compare [T, T] maps, which differ in size when the teacher's prompt differs "
                         "from the student's: drop the attention term (e.g. loss=combined_fr) or distill.context")
-    if gkd is not None and gkd.lambda_ > 0:
-        problems.append(f"loss.gkd.lambda_={gkd.lambda_}: on-policy batches would reach the teacher without its "
-                        "context; use off-policy distillation (lambda_=0) with distill.context")
     return problems
 
 
@@ -125,6 +122,30 @@ def teacher_side(batch: dict[str, Any]) -> dict[str, Any]:
 def student_side(batch: dict[str, Any]) -> dict[str, Any]:
     """The batch without the teacher's sequence (what the student model is given)."""
     return {k: v for k, v in batch.items() if not k.startswith(TEACHER_PREFIX)}
+
+
+def with_teacher_prompts(original: dict[str, Tensor], sampled: dict[str, Tensor], pad_id: int) -> dict[str, Tensor]:
+    """An on-policy batch (the student's samples, farlab.losses.gkd) given the teacher's sequences: each row's
+    teacher prompt from ``original`` + the continuation the student sampled. ``sampled`` itself when the teacher
+    is prompted like the student."""
+    if not has_teacher_side(original):
+        return sampled
+    teacher = teacher_side(original)
+    target = (teacher["labels"] != -100) & teacher["attention_mask"].bool()
+    prompt_lengths = torch.where(target.any(1), target.int().argmax(1), teacher["attention_mask"].sum(1)).tolist()
+    rows, labels = [], []
+    for b, n in enumerate(prompt_lengths):
+        completion = sampled["input_ids"][b][sampled["labels"][b] != -100].tolist()
+        rows.append(teacher["input_ids"][b, :n].tolist() + completion)
+        labels.append([-100] * n + completion)
+    width = max(len(r) for r in rows)
+    device = sampled["input_ids"].device
+
+    def pad(seqs: list[list[int]], value: int) -> Tensor:
+        return torch.tensor([q + [value] * (width - len(q)) for q in seqs], device=device)
+
+    return {**sampled, "teacher_input_ids": pad(rows, pad_id),
+            "teacher_attention_mask": pad([[1] * len(r) for r in rows], 0), "teacher_labels": pad(labels, -100)}
 
 
 def aligned_index(student_mask: Tensor, teacher_mask: Tensor) -> Tensor:

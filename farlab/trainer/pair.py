@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from farlab.losses.base import DistillBatch
 from farlab.losses.objective import DistillationObjective
 from farlab.models.forward import run_model
-from farlab.data.context import align_view, teacher_side
+from farlab.data.context import align_view, teacher_side, with_teacher_prompts
 from farlab.data.kinds import TASK_KINDS
 from farlab.teachers.backends.base import TeacherBackend
 from farlab.teachers.backends.hf import HFBackend
@@ -77,7 +77,8 @@ class DistillationModule(nn.Module):
         }
         on_policy = self.on_policy is not None and self.on_policy.use(step)
         if on_policy:  # GKD: the student's own continuation of the prompt replaces the target
-            batch = self.on_policy.sample(self.student, batch)
+            sampled = self.on_policy.sample(self.student, batch)
+            batch = with_teacher_prompts(batch, sampled, self.on_policy.pad_token_id)  # + the teacher's context
         self.batches_seen += 1
         self.on_policy_batches += int(on_policy)
         ce, student_view = run_model(self.student, batch, flags, self.chunk_size)

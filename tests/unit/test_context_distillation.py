@@ -16,6 +16,7 @@ from farlab.data.context import (
     student_side,
     teacher_prompt,
     teacher_side,
+    with_teacher_prompts,
 )
 from farlab.data.kinds import lm_masks
 from farlab.errors import ConfigError, DataError
@@ -220,7 +221,6 @@ def _cfg(compose_cfg, tmp_path, **extra):
     ({"distill.context_file": "/nope.txt"}, "distill.context_file='/nope.txt' not found"),
     ({"distill.context": "x", "loss": "combined_a"}, "attention losses compare"),
     ({"distill.context": "x", "loss": "ce"}, "the loss uses no teacher"),
-    ({"distill.context": "x", "loss": "gkd"}, "on-policy batches would reach the teacher without"),
     ({"distill.context": "x", "distill.teacher_template": "'{src}'"}, "has no {source} field"),
     ({"distill.context": "x", "task": "cola", "model": "tiny_bert"}, "need a task family that builds teacher"),
 ])
@@ -231,3 +231,57 @@ def test_context_settings_are_refused_early_with_the_reason(compose_cfg, tmp_pat
 
 def test_context_settings_pass_validation(compose_cfg, tmp_path):
     validate_config(_cfg(compose_cfg, tmp_path, **{"distill.context": "be formal", "loss": "combined_fr"}))
+    validate_config(_cfg(compose_cfg, tmp_path, **{"distill.context": "be formal", "loss": "gkd"}))
+
+
+# ---------------------------------------------------------------------------------------------- on-policy
+
+
+def test_on_policy_rows_get_the_teacher_prompt_plus_the_students_sample():
+    original = {  # student prompt [5, 6], teacher prompt [9, 9, 5, 6]; gold answers [7, 2] and [8, 2]
+        "input_ids": torch.tensor([[5, 6, 7, 2], [5, 6, 8, 2]]), "labels": torch.tensor([[-100, -100, 7, 2]] * 2),
+        "teacher_input_ids": torch.tensor([[9, 9, 5, 6, 7, 2, 0], [9, 5, 6, 8, 2, 0, 0]]),
+        "teacher_attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 1, 0, 0]]),
+        "teacher_labels": torch.tensor([[-100, -100, -100, -100, 7, 2, -100], [-100, -100, -100, 8, 2, -100, -100]]),
+    }
+    original["attention_mask"] = torch.ones_like(original["input_ids"])
+    sampled = {  # the student's samples: [3, 4, 2] and [3]
+        "input_ids": torch.tensor([[5, 6, 3, 4, 2], [5, 6, 3, 0, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]),
+        "labels": torch.tensor([[-100, -100, 3, 4, 2], [-100, -100, 3, -100, -100]]),
+    }
+    out = with_teacher_prompts(original, sampled, pad_id=0)
+    assert out["teacher_input_ids"].tolist() == [[9, 9, 5, 6, 3, 4, 2], [9, 5, 6, 3, 0, 0, 0]]
+    assert out["teacher_labels"].tolist() == [[-100] * 4 + [3, 4, 2], [-100] * 3 + [3, -100, -100, -100]]
+    assert out["teacher_attention_mask"].tolist() == [[1] * 7, [1, 1, 1, 1, 0, 0, 0]]
+    assert out["input_ids"] is sampled["input_ids"]
+    index = aligned_index(lm_masks(out)[1], lm_masks(teacher_side(out))[1])
+    assert index[0, 1:4].tolist() == [3, 4, 5] and index[1, 1].tolist() == 2  # teacher prompts of 4 and 3
+    assert with_teacher_prompts(sampled, sampled, 0) is sampled  # no teacher prompt: the samples as they are
+
+
+def test_on_policy_batches_reach_the_teacher_with_its_context():
+    from farlab.losses.gkd import OnPolicySampler
+
+    data = build_task_data(_task(), TOKENIZER, seed=0, distill=_distill(context=CONTEXT))
+    batch = data.collator([data.train[i] for i in range(3)])
+    seen = []
+
+    class Recording(HFBackend):
+        def __call__(self, b, **kw):
+            seen.append(b)
+            return super().__call__(b, **kw)
+
+    student, teacher = _tiny("student", 0), _tiny("teacher", 1)
+    pair = _pair(student, teacher)
+    pair.teacher_backend = Recording(teacher)
+    pair.on_policy = OnPolicySampler(1.0, 1.0, 4, TOKENIZER.pad_token_id, TOKENIZER.eos_token_id, seed=0)
+    _, parts = pair(**batch)
+    assert pair.on_policy_batches == 1 and parts["response/raw"] > 0
+    got = seen[0]
+    for b in range(3):
+        n_prompt = int((batch["teacher_labels"][b] == -100).long().argmin())  # the teacher's prompt, with the context
+        sample = got["labels"][b][got["labels"][b] != -100]
+        assert got["input_ids"][b, :n_prompt].tolist() == batch["teacher_input_ids"][b, :n_prompt].tolist()
+        assert got["input_ids"][b, n_prompt:n_prompt + len(sample)].tolist() == sample.tolist()
+        assert 1 <= len(sample) <= 4  # the student's own continuation, not the gold answer
