@@ -285,3 +285,32 @@ def test_on_policy_batches_reach_the_teacher_with_its_context():
         assert got["input_ids"][b, :n_prompt].tolist() == batch["teacher_input_ids"][b, :n_prompt].tolist()
         assert got["input_ids"][b, n_prompt:n_prompt + len(sample)].tolist() == sample.tolist()
         assert 1 <= len(sample) <= 4  # the student's own continuation, not the gold answer
+
+
+def test_a_teacher_cache_built_with_the_context_serves_the_aligned_teacher(compose_cfg, tmp_path):
+    from torch.utils.data import DataLoader
+
+    from farlab.teachers.backends.cache import CacheBackend
+    from farlab.teachers.cache import cache_key, open_or_build, write_cache
+    from farlab.teachers.strategies import TeacherSettings
+
+    extra = {"task.train_limit": 12, "task.max_length": 64, "teacher": "cache", "teacher.top_k": 8,
+             "teacher.cache.dir": str(tmp_path), "teacher.cache.dtype": "float32", "distill.context": f"'{CONTEXT}'"}
+    cfg = _cfg(compose_cfg, tmp_path, **extra)
+    data = build_task_data(cfg.task, TOKENIZER, cfg.seed, cfg.distill)
+    plain = build_task_data(cfg.task, TOKENIZER, cfg.seed)
+    settings = TeacherSettings.from_run_config(cfg)
+    key = cache_key(settings, data, 8, hidden_layers=[])
+    assert key["data"]["fingerprint"] != cache_key(settings, plain, 8, [])["data"]["fingerprint"]  # a new entry
+    teacher = _tiny("teacher", 1).eval()
+    cache = open_or_build(tmp_path / "entry", key, lambda out: write_cache(teacher, data, out, key, batch_size=5))
+    live, cached = HFBackend(teacher, top_k=8), CacheBackend(cache, num_layers=4)
+    flags = {"hidden_states": False, "attentions": False, "grad": False, "detach": True}
+    for batch in DataLoader(data.train, batch_size=4, shuffle=True, collate_fn=data.collator,
+                            generator=torch.Generator().manual_seed(0)):
+        t = teacher_side(batch)
+        want = align_view(live(t, **flags).view, t, batch, lm_masks).topk
+        got = align_view(cached(t, **flags).view, t, batch, lm_masks).topk
+        rows = lm_masks(batch)[1].bool()
+        assert torch.equal(got.ids[rows], want.ids[rows])
+        torch.testing.assert_close(got.logprobs[rows], want.logprobs[rows], rtol=0, atol=1e-6)
