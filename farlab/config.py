@@ -147,7 +147,7 @@ class TeacherConfig:
     Each option sets ``backend`` and fills only its own section; the other sections stay null.
     """
 
-    backend: str = "hf"  # hf | cache | openai (a TEACHER_BACKENDS name)
+    backend: str = "hf"  # hf | cache | openai | self (a TEACHER_BACKENDS name)
     top_k: Optional[int] = None  # null: dense logits for hf, 20 for cache/openai; k: sparse top-k teacher
     cache: Optional[CacheBackendConfig] = None  # teacher=cache
     openai: Optional[OpenAIBackendConfig] = None  # teacher=openai
@@ -222,6 +222,21 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Context distillation (farlab.data.context): the teacher's prompt differs from the student's.
+
+    The teacher sees ``context`` (text, or the contents of ``context_file``) + the prompt; the student only the
+    prompt. With a chat template the context is the system turn; a ``teacher_template`` with a ``{context}`` field
+    puts it there instead. Response positions are aligned, so every response loss and teacher backend applies.
+    """
+
+    context: Optional[str] = None  # text the teacher sees before each prompt; null/"" = none
+    context_file: Optional[str] = None  # or: a UTF-8 file holding it (not both)
+    teacher_template: Optional[str] = None  # the teacher's prompt template; null = task.prompt_template
+    teacher_chat_template: Optional[bool] = None  # wrap the teacher's prompt in the chat template; null = the task's
+
+
+@dataclass
 class WandbConfig:
     mode: str = "disabled"  # disabled | offline | online
     project: str = "farlab"
@@ -262,6 +277,7 @@ class FarlabConfig:
     layer_map: LayerMapConfig = field(default_factory=LayerMapConfig)
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # context distillation (docs/context_distillation.md)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluations beyond the task metric (lm-eval harness)
     output_dir: Optional[str] = None  # None = Hydra's run dir

@@ -113,7 +113,7 @@ def build_setup(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan,
         teacher_trainable=trainable_teacher,
         teacher_ce_weight=cotrain.ce_weight,
         detach_targets=cotrain.detach_targets,
-        backend=prepared.make_backend(teacher) if prepared else None,
+        backend=prepared.make_backend(student if prepared.on_student else teacher) if prepared else None,
         vocab_align=vocab_aligner(cfg.model.vocab_align, data.kind) if prepared else None,
         on_policy=build_on_policy(cfg.loss.get("gkd"), data.task_kind, tokenizer, cfg.seed) if prepared else None,
     )
@@ -213,7 +213,7 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
 
     # a processor for vision-language pairs; model.pad_token for tokenizers that ship without one
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)
-    data = build_task_data(cfg.task, tokenizer, cfg.seed)
+    data = build_task_data(cfg.task, tokenizer, cfg.seed, cfg.distill)  # + teacher prompts
     log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
     check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's
     harness = build_harness(cfg.eval.harness, tokenizer, cfg.paths.get("data"), data.task_kind,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from farlab.data import validate_task_config
+from farlab.data.context import context_problems
 from farlab.errors import ConfigError
 from farlab.eval.harness import harness_problems
 from farlab.losses.plan import LossPlan
@@ -41,6 +42,7 @@ def validate_config(cfg: DictConfig) -> LossPlan:
         *train_problems(cfg.train, cfg.wandb),
         *parallel_problems(cfg.train),
         *harness_problems(cfg.eval.harness, cfg.paths.get("data")),
+        *context_problems(cfg.get("distill"), cfg.task, plan),
     ]
     if len(problems) == 1:
         raise ConfigError(problems[0])

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         cfg = compose(config_name="config", overrides=[*overrides, "teacher.backend=cache"])
     plan = validate_config(cfg)
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)
-    data = build_task_data(cfg.task, tokenizer, cfg.seed)
+    data = build_task_data(cfg.task, tokenizer, cfg.seed, cfg.get("distill"))  # + teacher prompts
     settings = TeacherSettings.from_run_config(cfg)
     ctx = TeacherContext(settings, None, data, tokenizer, cfg.model.attn_implementation, plan,
                          fine_tune=sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed))

@@ -35,8 +35,15 @@ def validate_task_config(task_cfg: DictConfig) -> None:
     _handler(task_cfg).validate(task_cfg)
 
 
-def build_task_data(task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData:
-    return _handler(task_cfg).build(task_cfg, tokenizer, seed)
+def build_task_data(task_cfg: DictConfig, tokenizer: Any, seed: int, distill: Any = None) -> TaskData:
+    """``distill``: the run's context-distillation settings; when the teacher is prompted differently, the
+    handler adds the teacher's sequences (farlab.data.context)."""
+    from farlab.data.context import teacher_prompt
+
+    prompt = teacher_prompt(distill)
+    if prompt is None:
+        return _handler(task_cfg).build(task_cfg, tokenizer, seed)
+    return _handler(task_cfg).build(task_cfg, tokenizer, seed, teacher_prompt=prompt)  # type: ignore[call-arg]
 
 
 # Handlers register themselves on import.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from farlab.errors import DataError
 from farlab.data.base import check_eval_settings, GenerationConfig, TaskData, typed_config
+from farlab.data.context import TeacherPrompt
 
 @dataclass
 class TranslationTaskConfig:
@@ -76,7 +77,10 @@ class TranslationHandler:
                     f"{n_tgt}; line i of one must translate line i of the other"
                 )
 
-    def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData:
+    teacher_prompts = True  # builds a teacher sequence per row for distill.context (farlab.data.context)
+
+    def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int,
+              teacher_prompt: TeacherPrompt | None = None) -> TaskData:
         cfg = typed_config(TranslationTaskConfig, task_cfg)
         pairs = _load_pairs(cfg)
         kept = [(s.strip(), t.strip()) for s, t in pairs if s.strip() and t.strip()]
@@ -89,7 +93,17 @@ class TranslationHandler:
                 f"task {cfg.name!r}: empty split after dropping {len(pairs) - len(kept)} pairs with an empty side "
                 f"(train {len(train)}, {cfg.eval_split} {len(evaluation)})"
             )
-        encoder = PromptEncoder(cfg, tokenizer)
+        teacher = None
+        if teacher_prompt is not None:
+            chat = cfg.use_chat_template if teacher_prompt.chat is None else teacher_prompt.chat
+            teacher_cfg = replace(cfg, prompt_template=teacher_prompt.template or cfg.prompt_template,
+                                  use_chat_template=chat)
+            teacher = PromptEncoder(teacher_cfg, tokenizer, teacher_prompt.context, teacher_prompt.inline)
+        encoder = PromptEncoder(cfg, tokenizer, teacher=teacher)
+        extra_eval = {}
+        if teacher is not None:  # the eval prompts as the teacher sees them: how much the context helps
+            extra_eval[f"{cfg.eval_split}_with_context"] = datasets.Dataset.from_list(
+                [encoder.eval_example(s, t, with_context=True) for s, t in evaluation])
         return TaskData(
             name=cfg.name,
             kind="causal_lm",
@@ -110,13 +124,19 @@ class TranslationHandler:
                 "split_sizes": {k: len(v) for k, v in splits.items()},
             },
             generation=cfg.generation,
+            extra_eval=extra_eval,
         )
 
 
 class PromptEncoder:
-    """Builds token ids for training (prompt + target + eos, labels masked on the prompt) and for eval."""
+    """Builds token ids for training (prompt + target + eos, labels masked on the prompt) and for eval.
 
-    def __init__(self, cfg: TranslationTaskConfig, tokenizer: Any) -> None:
+    With a ``teacher`` encoder (context distillation) each training row also holds the teacher's sequence:
+    its prompt (``context`` + prompt, its own template) + the same target, as ``teacher_*`` columns.
+    """
+
+    def __init__(self, cfg: TranslationTaskConfig, tokenizer: Any, context: str = "", inline: bool = False,
+                 teacher: PromptEncoder | None = None) -> None:
         if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
             raise DataError(
                 f"the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no "
@@ -125,65 +145,84 @@ class PromptEncoder:
                 "model.pad_token='<|pad|>' (added to the tokenizer; teacher and student embeddings are resized)")
         if cfg.use_chat_template and not getattr(tokenizer, "chat_template", None):
             raise DataError(
-                f"task.use_chat_template=true, but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no "
-                "chat template (base models usually have none): set task.use_chat_template=false"
+                f"use_chat_template=true (task or distill.teacher_chat_template), but the tokenizer "
+                f"{getattr(tokenizer, 'name_or_path', '')!r} has no chat template (base models usually have none): "
+                "set it to false"
             )
-        self.cfg, self.tokenizer = cfg, tokenizer
+        self.cfg, self.tokenizer, self.teacher = cfg, tokenizer, teacher
+        self.context, self.inline = context, inline  # inline: the template has a {context} field
 
     def prompt_ids(self, source: str, budget: int | None = None) -> list[int]:
         """Token ids of the prompt; when longer than ``budget``, the source sentence is cut, not the template."""
+        return self._fit(source, budget)[1]
+
+    def _fit(self, source: str, budget: int | None) -> tuple[str, list[int]]:
+        """(the source as kept, the prompt ids) with the prompt cut to ``budget`` tokens."""
         ids = self._encode_prompt(source)
         if budget is not None and len(ids) > budget:
             source_ids = self.tokenizer(source, add_special_tokens=False)["input_ids"]
             keep = max(len(source_ids) - (len(ids) - budget), 1)
-            ids = self._encode_prompt(self.tokenizer.decode(source_ids[:keep]))[-budget:]
-        return ids
+            source = self.tokenizer.decode(source_ids[:keep])
+            ids = self._encode_prompt(source)[-budget:]
+        return source, ids
 
     def _encode_prompt(self, source: str) -> list[int]:
         cfg = self.cfg
-        text = cfg.prompt_template.format(source=source, source_lang=cfg.source_lang, target_lang=cfg.target_lang)
+        text = cfg.prompt_template.format(source=source, source_lang=cfg.source_lang, target_lang=cfg.target_lang,
+                                          context=self.context)
+        prefix = self.context and not self.inline  # the context goes before the prompt (the system turn in chat)
         if cfg.use_chat_template:
+            system = [{"role": "system", "content": self.context}] if prefix else []
             text = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+                [*system, {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
             )
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return self.tokenizer(text)["input_ids"]
+        return self.tokenizer(f"{self.context}\n\n{text}" if prefix else text)["input_ids"]
 
     def training_example(self, source: str, target: str) -> dict[str, list[int]]:
         # after "Target:" a space separates; a chat template's assistant turn starts right after its header
         lead = "" if self.cfg.use_chat_template else " "
         answer = self.tokenizer(lead + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         limit = self.cfg.max_length
-        prompt = self.prompt_ids(source, budget=limit - min(len(answer), limit // 2))
+        kept, prompt = self._fit(source, limit - min(len(answer), limit // 2))
         answer = answer[: limit - len(prompt)]
-        return {
+        row = {
             "input_ids": prompt + answer,
             "attention_mask": [1] * (len(prompt) + len(answer)),
             "labels": [-100] * len(prompt) + answer,
         }
+        if self.teacher is not None:  # the same (possibly cut) source and answer; the context is never cut
+            teacher_prompt = self.teacher.prompt_ids(kept)
+            row |= {
+                "teacher_input_ids": teacher_prompt + answer,
+                "teacher_attention_mask": [1] * (len(teacher_prompt) + len(answer)),
+                "teacher_labels": [-100] * len(teacher_prompt) + answer,
+            }
+        return row
 
-    def eval_example(self, source: str, target: str) -> dict[str, Any]:
-        prompt = self.prompt_ids(source, budget=self.cfg.max_length // 2)
-        return {**self.training_example(source, target), "prompt_ids": prompt, "source": source, "reference": target}
+    def eval_example(self, source: str, target: str, with_context: bool = False) -> dict[str, Any]:
+        kept, prompt = self._fit(source, self.cfg.max_length // 2)
+        if with_context and self.teacher is not None:
+            prompt = self.teacher.prompt_ids(kept)
+        row = {k: v for k, v in self.training_example(source, target).items() if not k.startswith("teacher_")}
+        return {**row, "prompt_ids": prompt, "source": source, "reference": target}
 
 
 class CausalLMCollator:
-    """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) for training; passes example_id."""
+    """Right-pads input_ids (pad id), attention_mask (0) and labels (-100) for training, and the teacher's
+    ``teacher_*`` sequence when a row has one; passes example_id."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-
-        def pad(key: str, value: int) -> torch.Tensor:
-            return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
-
-        batch = {
-            "input_ids": pad("input_ids", self.pad_token_id),
-            "attention_mask": pad("attention_mask", 0),
-            "labels": pad("labels", -100),
-        }
+        prefixes = ("", "teacher_") if "teacher_input_ids" in features[0] else ("",)
+        batch = {}
+        for prefix in prefixes:  # the teacher's sequence (context distillation) is padded to its own width
+            width = max(len(f[prefix + "input_ids"]) for f in features)
+            for key, value in (("input_ids", self.pad_token_id), ("attention_mask", 0), ("labels", -100)):
+                key = prefix + key
+                batch[key] = torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
         if "example_id" in features[0]:
             batch["example_id"] = torch.tensor([f["example_id"] for f in features])
         return batch

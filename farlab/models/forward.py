@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from farlab.data.context import TEACHER_PREFIX
 from farlab.losses.base import ModelView
 from farlab.losses.response import chunked_lm_cross_entropy
 
@@ -20,8 +21,9 @@ BATCH_METADATA = ("example_id",)  # batch keys that are bookkeeping, never model
 
 
 def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The batch without farlab's bookkeeping keys (models never see ``example_id``)."""
-    return {k: v for k, v in batch.items() if k not in BATCH_METADATA}
+    """The batch without farlab's bookkeeping keys (models never see ``example_id``) and without the teacher's own
+    sequence (``teacher_*``, context distillation: :func:`farlab.data.context.teacher_side` selects that one)."""
+    return {k: v for k, v in batch.items() if k not in BATCH_METADATA and not k.startswith(TEACHER_PREFIX)}
 
 
 @functools.lru_cache(maxsize=32)

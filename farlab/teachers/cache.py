@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from farlab.data.context import teacher_side
 from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import TopK
 from farlab.registry import Registry
@@ -232,7 +233,9 @@ def entry_path(settings: Any, key: dict[str, Any]) -> Path:
 
 
 def _loader(data: Any, batch_size: int) -> Iterator[dict[str, Tensor]]:
-    return iter(DataLoader(data.train, batch_size=batch_size, shuffle=False, collate_fn=data.collator))
+    """The teacher's batches (its own prompts under context distillation) in example order."""
+    loader = DataLoader(data.train, batch_size=batch_size, shuffle=False, collate_fn=data.collator)
+    return (teacher_side(batch) for batch in loader)
 
 
 def _rows(kind: str, batch: dict[str, Tensor]) -> tuple[Tensor | None, Tensor]:

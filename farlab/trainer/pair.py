@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from farlab.losses.base import DistillBatch
 from farlab.losses.objective import DistillationObjective
 from farlab.models.forward import run_model
+from farlab.data.context import align_view, teacher_side, with_teacher_prompts
 from farlab.data.kinds import TASK_KINDS
 from farlab.teachers.backends.base import TeacherBackend
 from farlab.teachers.backends.hf import HFBackend
@@ -76,7 +77,8 @@ class DistillationModule(nn.Module):
         }
         on_policy = self.on_policy is not None and self.on_policy.use(step)
         if on_policy:  # GKD: the student's own continuation of the prompt replaces the target
-            batch = self.on_policy.sample(self.student, batch)
+            sampled = self.on_policy.sample(self.student, batch)
+            batch = with_teacher_prompts(batch, sampled, self.on_policy.pad_token_id)  # + the teacher's context
         self.batches_seen += 1
         self.on_policy_batches += int(on_policy)
         ce, student_view = run_model(self.student, batch, flags, self.chunk_size)
@@ -84,8 +86,9 @@ class DistillationModule(nn.Module):
         if self.teacher_backend is None or not objective.needs_teacher:
             return objective(None, ce, step, max_steps)
 
+        teacher_batch = teacher_side(batch)  # the batch itself unless the teacher has its own prompt (distill.context)
         teacher = self.teacher_backend(
-            batch,
+            teacher_batch,
             hidden_states=flags["output_hidden_states"],
             attentions=flags["output_attentions"],
             grad=self.teacher_trainable,
@@ -93,7 +96,7 @@ class DistillationModule(nn.Module):
         )
         self.teacher_forwards += teacher.forwards
         token_mask, response_mask = self.masks(batch)
-        teacher_view = teacher.view
+        teacher_view = align_view(teacher.view, teacher_batch, batch, self.masks)  # onto the student's positions
         if self.vocab_align is not None:
             student_view, teacher_view = self.vocab_align(student_view, teacher_view)
         distill = DistillBatch(

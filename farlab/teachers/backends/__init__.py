@@ -5,6 +5,7 @@
 * ``cache``: top-k log-probs (and optionally hidden states) on disk, built once per key
   (:mod:`farlab.teachers.cache`); the teacher is never loaded once the cache exists.
 * ``openai``: an OpenAI-compatible server's prompt logprobs (:mod:`farlab.teachers.openai_client`).
+* ``self``: the student itself with its LoRA adapters disabled; no second model (:mod:`.self_teacher`).
 
 Every backend turns a collated training batch into a :class:`~farlab.losses.base.ModelView`, so the losses
 and :class:`~farlab.trainer.pair.DistillationModule` do not know which one runs.
@@ -31,6 +32,7 @@ from farlab.teachers.backends.base import (
 from farlab.teachers.backends.cache import prepare_cache, validate_cache
 from farlab.teachers.backends.hf import HFBackend, hf_backend_factory
 from farlab.teachers.backends.openai import prepare_openai, validate_openai
+from farlab.teachers.backends.self_teacher import prepare_self, validate_self
 from farlab.models.loading import model_shape
 from farlab.teachers.tokenizers import logit_width
 
@@ -58,6 +60,7 @@ class BackendKind:
     settings: type | None = None  # the schema of ``teacher.<name>``; None = no section
     in_process: bool = False
     serves: str = ""  # what it serves, in words, for error messages
+    dense: bool = False  # serves dense logits without being in_process (teacher=self runs the student)
 
 
 TEACHER_BACKENDS: Registry[BackendKind] = Registry("teacher.backend")
@@ -69,6 +72,9 @@ TEACHER_BACKENDS.add("cache", BackendKind(
 TEACHER_BACKENDS.add("openai", BackendKind(
     prepare_openai, frozenset({DISTRIBUTION}), validate_openai, OpenAIBackendConfig,
     serves="an OpenAI-compatible server returns prompt logprobs only"))
+
+TEACHER_BACKENDS.add("self", BackendKind(prepare_self, frozenset({DISTRIBUTION, HIDDEN_STATES, ATTENTIONS}),
+                                         validate_self, dense=True))
 
 OUTPUT_NAMES = {HIDDEN_STATES: "hidden states", ATTENTIONS: "attention maps", DISTRIBUTION: "output distribution"}
 
@@ -104,7 +110,7 @@ def teacher_problems(cfg: Any, plan: LossPlan) -> list[str]:
         problems.append(f"{'/'.join(needing)} losses need the teacher's {OUTPUT_NAMES[output]}, which "
                         f"teacher.backend={t.backend} cannot serve ({kind.serves}): use teacher=hf, or "
                         "losses without that term")
-    if not kind.in_process or t.top_k is not None:
+    if not (kind.in_process or kind.dense) or t.top_k is not None:
         for comp in plan.full_logit_components:
             problems.append(f"component {comp.name!r}: fn={comp.config.fn} compares raw logits, but a top-k teacher "
                             f"(teacher.backend={t.backend}, top_k={t.top_k}) gives log-probs only; use a "

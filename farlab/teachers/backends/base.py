@@ -53,6 +53,7 @@ class PreparedTeacher:
     vocab_size: int | None = None  # width of the teacher's logits; None = unknown (server)
     metrics: dict[str, Any] | None = None  # pre-training teacher metrics known without the model (cache)
     info: dict[str, Any] = field(default_factory=dict)  # backend-specific provenance (the cache, the client)
+    on_student: bool = False  # make_backend gets the (LoRA-wrapped) student instead of a teacher (teacher=self)
 
 
 def topk_from_logits(logits: Tensor, k: int) -> TopK:
