@@ -96,14 +96,18 @@ def test_every_model_dtype_validates(role: str, dtype: str) -> None:
 
 
 # teacher backend x teacher strategy: every pair validates except out-of-process backends serving a co-trained
-# teacher, which are refused naming the reason.
+# teacher, and a self-teacher (the student's own frozen base) under any strategy but frozen_base, which are
+# refused naming the reason.
 @pytest.mark.parametrize("strategy", _options("teacher_strategy"))
 @pytest.mark.parametrize("backend", _options("teacher"))
 def test_every_teacher_backend_with_every_strategy(backend: str, strategy: str) -> None:
     from farlab.errors import ConfigError
 
     cfg = _compose([f"teacher={backend}", f"teacher_strategy={strategy}"])
-    if cfg.teacher_strategy.trainable and backend != "hf":
+    if backend == "self" and strategy != "frozen_base":
+        with pytest.raises(ConfigError, match="teacher=self .*use teacher_strategy=frozen_base"):
+            validate_config(cfg)
+    elif cfg.teacher_strategy.trainable and backend != "hf":
         with pytest.raises(ConfigError, match="co-trains the teacher.*use teacher=hf"):
             validate_config(cfg)
     else:
