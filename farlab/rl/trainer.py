@@ -1,0 +1,96 @@
+"""``trl.GRPOTrainer`` with farlab's checkpoints: staged, published atomically, with the callbacks' state.
+
+TRL owns the GRPO objective, generation and reward bookkeeping; this subclass only changes where a checkpoint is
+written (farlab.trainer.checkpoints: a ``COMPLETE`` marker, so a resume never reads a torn one) and carries the
+state of farlab's callbacks (peak metrics) in ``farlab_state.json`` as DistillationTrainer does.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from trl import GRPOConfig, GRPOTrainer
+
+from farlab.trainer import checkpoints
+from farlab.trainer.trainer import STATE_FILE
+
+
+def grpo_config(cfg: DictConfig, run_dir: Path, report_to: tuple[str, ...], run_name: str,
+                weights: list[float]) -> GRPOConfig:
+    """farlab's ``train`` and ``rl`` blocks as TRL's GRPOConfig (one place maps every field)."""
+    tr, rl = cfg.train, cfg.rl
+    return GRPOConfig(
+        output_dir=str(run_dir),
+        num_train_epochs=tr.epochs,
+        max_steps=tr.max_steps,
+        per_device_train_batch_size=tr.batch_size,
+        gradient_accumulation_steps=tr.grad_accum_steps,
+        learning_rate=rl.learning_rate if rl.learning_rate is not None else tr.learning_rate,
+        weight_decay=tr.weight_decay,
+        warmup_steps=tr.warmup_ratio,  # a float < 1 is a fraction of the total steps
+        max_grad_norm=tr.max_grad_norm,
+        logging_steps=tr.logging_steps,
+        save_strategy="steps",
+        save_steps=tr.save_steps,
+        save_total_limit=tr.save_total_limit,
+        bf16=tr.bf16,
+        fp16=tr.fp16,
+        gradient_checkpointing=tr.gradient_checkpointing,
+        seed=int(cfg.seed),
+        data_seed=int(cfg.seed),
+        report_to=list(report_to) or "none",
+        run_name=run_name,
+        disable_tqdm=not tr.progress_bar,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        num_generations=rl.num_generations,
+        max_completion_length=rl.max_completion_length,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        beta=rl.beta,
+        epsilon=rl.epsilon,
+        loss_type=rl.loss_type,
+        reward_weights=weights,
+        use_vllm=rl.use_vllm,
+        vllm_mode=rl.vllm_mode,
+        vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
+    )
+
+
+class FarlabGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer writing farlab checkpoints (see the module docstring)."""
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """No README.md in the run dir: its files are farlab's (docs/run_dir.md)."""
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        run_dir = Path(self.args.output_dir)
+        staging_root = run_dir / checkpoints.STAGING_DIR
+        name = f"checkpoint-{self.state.global_step}"
+        keep = self.args.save_total_limit
+        shutil.rmtree(staging_root / name, ignore_errors=True)  # leftovers of a write killed mid-way
+        self.args.output_dir, self.args.save_total_limit = str(staging_root), None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir, self.args.save_total_limit = str(run_dir), keep
+        callbacks = {type(cb).__name__: cb.checkpoint_state() for cb in self.callback_handler.callbacks
+                     if hasattr(cb, "checkpoint_state")}
+        (staging_root / name / STATE_FILE).write_text(json.dumps({"callbacks": callbacks}, indent=1))
+        checkpoints.publish(staging_root / name, run_dir / name)
+        checkpoints.rotate(run_dir, keep or 0)
+
+    def restore_callbacks(self, checkpoint: Path) -> None:
+        """Load farlab's callback state (peak metrics) from a checkpoint before resuming there."""
+        state_file = checkpoint / STATE_FILE
+        if not state_file.is_file():
+            return
+        saved = json.loads(state_file.read_text()).get("callbacks", {})
+        for cb in self.callback_handler.callbacks:
+            if type(cb).__name__ in saved and hasattr(cb, "load_checkpoint_state"):
+                cb.load_checkpoint_state(saved[type(cb).__name__])
