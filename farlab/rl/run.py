@@ -7,6 +7,7 @@ student exported to ``final/``, atomic checkpoints with auto-resume, SIGUSR1/USR
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,16 @@ def build_models(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan
     return Models(student, teacher)
 
 
+def reference_model(cfg: DictConfig, models: Models) -> PreTrainedModel | None:
+    """GRPO's KL anchor (``rl.beta > 0``): the teacher, or a frozen copy of the initial student; None without a KL
+    term, and for a LoRA student (TRL disables its adapters to get the initial model)."""
+    if cfg.rl.beta == 0:
+        return None
+    if cfg.rl.reference == "teacher":
+        return models.teacher  # same tokenizer: checked by farlab.rl.checks
+    return None if cfg.model.student.lora.r > 0 else copy.deepcopy(models.student)
+
+
 def reward_curve(log_history: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
     """Mean of each logged reward over the first and the last 20% of its logged steps (at least one each)."""
     out: dict[str, Any] = {}
@@ -140,13 +151,11 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     set_seed(int(cfg.seed))
     trainer = FarlabGRPOTrainer(
         model=models.student, reward_funcs=funcs, args=grpo_config(cfg, run_dir, report_to, run_dir.name, weights),
-        train_dataset=prompts, processing_class=tokenizer, callbacks=[stop],
+        train_dataset=prompts, processing_class=tokenizer, callbacks=[stop], reference=reference_model(cfg, models),
     )
     for func in funcs:
         if isinstance(func, TeacherReward):
             func.bind(trainer.model)
-    if models.teacher is not None and cfg.rl.reference == "teacher" and cfg.rl.beta > 0:
-        trainer.ref_model = models.teacher  # GRPO's KL term anchors to the teacher (same tokenizer: checked)
     student = trainer.model
     peak = PeakMetrics(lambda: evaluate_model(student, data, eval_bs, "eval student", False),
                        cfg.train.eval_steps, log_fn=lambda logs: Trainer.log(trainer, logs))

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from transformers import PreTrainedModel
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
 from farlab.trainer import checkpoints
 from farlab.trainer.trainer import STATE_FILE
@@ -63,7 +65,33 @@ def grpo_config(cfg: DictConfig, run_dir: Path, report_to: tuple[str, ...], run_
 
 
 class FarlabGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer writing farlab checkpoints (see the module docstring)."""
+    """GRPOTrainer writing farlab checkpoints (see the module docstring), with the reference model handed in.
+
+    reference: what GRPO's KL term (``beta``) anchors to: a frozen copy of the initial student or the teacher
+    (``rl.reference``). TRL would reload the reference from the student's hub id or path, which a model built
+    from a config or warm-started in this process does not have; so TRL is built with ``beta=0`` (no reference)
+    and the reference is installed afterwards the way TRL prepares its own (no dropout, fused log-prob head).
+    None with ``beta > 0``: a LoRA student, whose reference is the base model with the adapters disabled (TRL).
+    """
+
+    def __init__(self, *args: Any, reference: PreTrainedModel | None = None, **kwargs: Any) -> None:
+        grpo_args: GRPOConfig = kwargs["args"]
+        beta, grpo_args.beta = grpo_args.beta, 0.0
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            grpo_args.beta = beta
+        self.beta = beta
+        if beta and reference is not None:
+            self.ref_model = self._prepared_reference(reference)
+
+    def _prepared_reference(self, model: PreTrainedModel) -> Any:
+        model.requires_grad_(False)
+        model.eval()
+        if self.args.disable_dropout:
+            disable_dropout_in_model(model)
+        add_fused_lm_head(model, temperature=self.temperature, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32)
+        return self.accelerator.prepare_model(model, evaluation_mode=True)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """No README.md in the run dir: its files are farlab's (docs/run_dir.md)."""

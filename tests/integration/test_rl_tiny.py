@@ -1,0 +1,155 @@
+"""Tiny GRPO runs (tiny_llama, 16 Europarl prompts, 4 steps): the run dir, the teacher as reward and KL anchor,
+the SFT warm start, SIGUSR1 preempt + resume, a NaN reward, and the collector reading the run."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from transformers import LlamaForCausalLM, TrainerCallback
+
+import farlab.rl.run
+from farlab.collect.runs import load_job
+from farlab.rl.rewards import REWARDS, Reward, RewardError
+from farlab.train import execute
+from farlab.trainer import checkpoints
+from farlab.trainer.signals import Preempted
+from tests.conftest import tiny_overrides
+
+STEPS = 4
+RL = {
+    "task": "europarl_en_fr",
+    "model": "tiny_llama",
+    "rl": "grpo",
+    "task.train_limit": 16,
+    "task.eval_limit": 4,
+    "task.generation.max_new_tokens": 6,
+    "task.max_length": 96,
+    "rl.num_generations": 4,
+    "rl.max_completion_length": 8,
+    "train.batch_size": 8,
+    "train.max_steps": STEPS,
+    "train.save_steps": 2,
+    "train.save_total_limit": 3,
+    "train.logging_steps": 1,
+    "train.num_threads": 1,
+    "train.learning_rate": 0.001,
+}
+
+
+def run(compose_cfg, run_dir: Path, store: Path, **extra) -> dict:
+    overrides = tiny_overrides(store, **{**RL, **extra})
+    return execute(compose_cfg(overrides), run_dir, overrides)
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def step_logs(run_dir: Path, timing: bool = True) -> dict[int, dict]:
+    """TRL's per-step logs (rewards, KL, lengths, loss, ...), without the wall-clock step_time unless ``timing``."""
+    state = read(run_dir / f"checkpoint-{STEPS}" / "trainer_state.json")
+    return {e["step"]: {k: v for k, v in e.items() if timing or k != "step_time"}
+            for e in state["log_history"] if "reward" in e}
+
+
+def test_grpo_with_teacher_reward_anchor_and_sft_warm_start(compose_cfg, tmp_path, store_dir):
+    run_dir = tmp_path / "run"
+    metrics = run(compose_cfg, run_dir, store_dir, teacher_strategy="frozen_base", **{
+        "rl.rewards": "[chrf,length_penalty]", "rl.reward_weights": "[1.0,0.5]", "rl.teacher_weight": 0.5,
+        "rl.reference": "teacher", "rl.beta": 0.1, "rl.init": "sft"})
+    # The farlab run dir and metrics.json layout.
+    assert read(run_dir / "run_metadata.json")["status"] == "completed"
+    assert read(run_dir / "metrics.json") == json.loads(json.dumps(metrics))
+    assert set(metrics["pre"]) == {"student", "teacher"} and set(metrics["post"]["student"]) == {"bleu", "chrf"}
+    assert metrics["transfer_gap"]["metric"] == "bleu" and metrics["train"]["global_step"] == STEPS
+    assert metrics["rl"]["rewards"] == ["chrf", "length_penalty", "teacher_reverse_kl"]
+    assert metrics["rl"]["weights"] == [1.0, 0.5, 0.5]
+    assert (run_dir / f"checkpoint-{STEPS}" / "COMPLETE").is_file() and not (run_dir / "README.md").exists()
+    assert isinstance(LlamaForCausalLM.from_pretrained(run_dir / "final"), LlamaForCausalLM)
+    # TRL's per-reward logs: the teacher reward is minus a KL (< 0), the total is the weighted sum.
+    logs = step_logs(run_dir)
+    assert sorted(logs) == list(range(1, STEPS + 1))
+    for entry in logs.values():
+        assert entry["rewards/teacher_reverse_kl/mean"] < 0
+        weighted = (entry["rewards/chrf/mean"] + 0.5 * entry["rewards/length_penalty/mean"]
+                    + 0.5 * entry["rewards/teacher_reverse_kl/mean"])
+        assert entry["reward"] == pytest.approx(weighted, abs=1e-5)
+    # reference=teacher: GRPO's KL is to the teacher, so it is far from 0 at step 1 (to the init it is exactly 0).
+    assert logs[1]["kl"] > 0.01
+    # rl.init=sft: the warm-started student is in the store, complete, under its own key.
+    (entry,) = [p for p in store_dir.iterdir() if "rlinit" in p.name and p.is_dir()]
+    assert (entry / "COMPLETE").is_file() and (entry / "model.safetensors").is_file()
+    # The collector reads the RL run: post metrics and the reward curve as train_* columns.
+    job = load_job(run_dir, "run")
+    assert job.metrics["post_student_chrf"] == metrics["post"]["student"]["chrf"]
+    assert job.metrics["train_reward_last"] == pytest.approx(metrics["train"]["reward_last"])
+
+
+class SignalAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(path))
+
+
+def test_sigusr1_preempt_then_resume_matches_uninterrupted(compose_cfg, tmp_path, store_dir, monkeypatch):
+    reference = tmp_path / "reference"
+    want = run(compose_cfg, reference, store_dir)
+
+    base = farlab.rl.run.FarlabGRPOTrainer
+
+    class Signalled(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(SignalAt(3))
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(farlab.rl.run, "FarlabGRPOTrainer", Signalled)
+    with pytest.raises(Preempted) as stopped:
+        run(compose_cfg, run_dir, store_dir)
+    monkeypatch.undo()
+    assert stopped.value.step == 3
+    assert read(run_dir / "run_metadata.json")["status"] == "preempted"
+    assert checkpoints.latest_complete_checkpoint(run_dir) == run_dir / "checkpoint-3"
+
+    got = run(compose_cfg, run_dir, store_dir)
+    assert got["train"]["resumed_from"] == str(run_dir / "checkpoint-3")
+    assert read(run_dir / "run_metadata.json")["attempts"] == 2
+    # On CPU with a fixed seed TRL's sampling is restored exactly (RNG state in the checkpoint): bitwise equal.
+    assert got["post"] == want["post"]
+    a, b = tensors(run_dir / "final" / "model.safetensors"), tensors(reference / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert step_logs(run_dir, timing=False) == step_logs(reference, timing=False)
+
+
+def test_nan_reward_fails_naming_it_and_keeps_the_checkpoint(compose_cfg, tmp_path, store_dir):
+    calls = []
+
+    def toy(completion: str, reference: str) -> float:
+        calls.append(1)
+        return math.nan if len(calls) > 2 * 8 else 0.5  # 8 completions a step: NaN from step 3 on
+
+    REWARDS.register("toy_nan", Reward("toy_nan", toy))
+    try:
+        run_dir = tmp_path / "run"
+        with pytest.raises(RewardError, match="reward 'toy_nan' returned nan"):
+            run(compose_cfg, run_dir, store_dir, **{"rl.rewards": "[chrf,toy_nan]"})
+    finally:
+        REWARDS.remove("toy_nan")
+    meta = read(run_dir / "run_metadata.json")
+    assert meta["status"] == "failed" and "toy_nan" in meta["error"]
+    assert checkpoints.latest_complete_checkpoint(run_dir) == run_dir / "checkpoint-2"
+    assert isinstance(LlamaForCausalLM.from_pretrained(run_dir / "checkpoint-2"), LlamaForCausalLM)
