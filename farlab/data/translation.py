@@ -103,13 +103,15 @@ class TranslationHandler:
         )
 
 
-    def rl_prompts(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> datasets.Dataset:
-        """The train split as RL prompts (farlab.rl): ``prompt`` (text, or a chat for ``use_chat_template``, which
-        TRL renders with the same chat template and generation prompt) and the ``reference`` translation."""
+    def rl_data(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> tuple[TaskData, datasets.Dataset]:
+        """For RL (farlab.rl): the task data as built for SFT/KD (its eval split scores the run), and the train split
+        as prompts: ``prompt`` (text, or a chat for ``use_chat_template``, which TRL renders with the same chat
+        template and generation prompt) and the ``reference`` translation the rewards compare with."""
         cfg = typed_config(TranslationTaskConfig, task_cfg)
         train = _pairs_and_splits(cfg, seed)[4]
         encoder = PromptEncoder(cfg, tokenizer)
-        return datasets.Dataset.from_list([{"prompt": encoder.rl_prompt(s), "reference": t} for s, t in train])
+        prompts = datasets.Dataset.from_list([{"prompt": encoder.rl_prompt(s), "reference": t} for s, t in train])
+        return self.build(task_cfg, tokenizer, seed), prompts
 
 
 def _pairs_and_splits(cfg: TranslationTaskConfig, seed: int) -> tuple[list[Pair], list[Pair], list[Pair],

@@ -13,6 +13,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from farlab.data import TASK_FAMILIES
 from farlab.models.loading import spec_config_fields
 from farlab.registry import unknown_choice_message
 from farlab.rl.rewards import reward_problems
@@ -55,10 +56,25 @@ def rl_problems(cfg: DictConfig) -> list[str]:
         problems.append(f"rl.learning_rate={rl.learning_rate} must be > 0 (or null: train.learning_rate)")
     if rl.use_vllm and importlib.util.find_spec("vllm") is None:
         problems.append("rl.use_vllm=true needs the vllm package (GPU machines; docs/rl.md); set rl.use_vllm=false")
+    problems += _task_problems(cfg.task)
     problems += _model_problems(cfg.model)
     if needs_teacher(rl):
         problems += _teacher_problems(cfg)
     return problems
+
+
+def rl_family_problem(family: str) -> str:
+    able = [name for name in TASK_FAMILIES if hasattr(TASK_FAMILIES.get(name), "rl_data")]
+    return (f"rl=grpo needs prompts from the task handler; task family {family!r} has none "
+            f"(families with RL prompts: {', '.join(able)})")
+
+
+def _task_problems(task: Any) -> list[str]:
+    """The task family builds RL prompts, and its own RL settings are complete (e.g. GLUE's verbaliser)."""
+    handler = TASK_FAMILIES.get(task.family)
+    if not hasattr(handler, "rl_data"):
+        return [rl_family_problem(task.family)]
+    return list(handler.rl_problems(task)) if hasattr(handler, "rl_problems") else []
 
 
 def _generation_problems(rl: Any, train: Any) -> list[str]:

@@ -12,7 +12,6 @@ in [-1, 0]); GRPO normalises rewards within each prompt's group, and the scale m
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import sacrebleu
 
 from farlab.errors import ConfigError
-from farlab.eval.metrics import METRICS
+from farlab.eval.metrics import METRICS, answer_word
 from farlab.registry import Registry
 
 ScoreFn = Callable[[str, str], float]  # (completion text, reference) -> reward
@@ -47,14 +46,8 @@ def _sentence_bleu(completion: str, reference: str) -> float:
     return sacrebleu.sentence_bleu(completion, [reference]).score / 100.0
 
 
-def first_word(text: str) -> str:
-    """The answer word of a generated label: the first word, lower-cased, punctuation dropped."""
-    match = re.search(r"\w+", text.lower())
-    return match.group(0) if match else ""
-
-
 def _label_match(completion: str, reference: str) -> float:
-    return float(first_word(completion) == first_word(reference))
+    return float(answer_word(completion) == answer_word(reference))
 
 
 def _length_penalty(completion: str, reference: str) -> float:

@@ -17,7 +17,7 @@ import datasets
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, Trainer, set_seed
 
-from farlab.data import TASK_FAMILIES, build_task_data
+from farlab.data import TASK_FAMILIES
 from farlab.data.base import TaskData
 from farlab.errors import ConfigError
 from farlab.eval.loop import evaluate_model
@@ -25,7 +25,7 @@ from farlab.eval.transfer import transfer_gap
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import build_student, export_student, head_for, load_tokenizer
 from farlab.models.lora import apply_lora
-from farlab.rl.checks import needs_teacher
+from farlab.rl.checks import needs_teacher, rl_family_problem
 from farlab.rl.rewards import REWARDS, RewardFunction
 from farlab.rl.teacher import TeacherReward
 from farlab.rl.trainer import FarlabGRPOTrainer, grpo_config
@@ -42,13 +42,13 @@ log = logging.getLogger(__name__)
 EDGE_FRACTION = 0.2  # reward curve summary: mean over the first and the last 20% of logged steps
 
 
-def prompt_dataset(task_cfg: DictConfig, tokenizer: Any, seed: int) -> datasets.Dataset:
-    """The task's train split as RL prompts (``prompt`` + the columns rewards read), from its handler."""
+def rl_task(task_cfg: DictConfig, tokenizer: Any, seed: int) -> tuple[TaskData, datasets.Dataset]:
+    """The task's eval data (a generation kind) and its train split as RL prompts (``prompt`` + the columns the
+    rewards read), from the task handler's ``rl_data`` (translation; GLUE with a verbaliser)."""
     handler = TASK_FAMILIES.get(task_cfg.family)
-    if not hasattr(handler, "rl_prompts"):
-        able = [name for name in TASK_FAMILIES if hasattr(TASK_FAMILIES.get(name), "rl_prompts")]
-        raise ConfigError(f"task family {task_cfg.family!r} has no RL prompts; families with: {', '.join(able)}")
-    return handler.rl_prompts(task_cfg, tokenizer, seed)
+    if not hasattr(handler, "rl_data"):
+        raise ConfigError(rl_family_problem(task_cfg.family))
+    return handler.rl_data(task_cfg, tokenizer, seed)
 
 
 def reward_functions(cfg: DictConfig, teacher: PreTrainedModel | None, tokenizer: Any) -> tuple[list[Any], list[float]]:
@@ -134,11 +134,9 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     """One GRPO run; same metrics.json layout as an SFT/KD run plus ``rl`` (the reward curve)."""
     set_threads(cfg.train.num_threads)
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)
-    data = build_task_data(cfg.task, tokenizer, cfg.seed)
-    if not data.task_kind.vocabulary_logits:
-        raise ConfigError(f"rl=grpo needs a generation task; task {data.name!r} builds a {data.kind!r} task "
-                          "(a classification head cannot sample completions)")
-    prompts = prompt_dataset(cfg.task, tokenizer, cfg.seed)
+    data, prompts = rl_task(cfg.task, tokenizer, cfg.seed)
+    if not data.task_kind.decoder_only:
+        raise ConfigError(f"rl=grpo needs a text generation task; task {data.name!r} builds a {data.kind!r} task")
     log.info("rl: %d prompts, %d eval rows (%s)", len(prompts), len(data.eval), data.eval_split_name)
     models = build_models(cfg, data, tokenizer, plan)
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar

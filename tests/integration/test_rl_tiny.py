@@ -44,7 +44,8 @@ RL = {
 
 
 def run(compose_cfg, run_dir: Path, store: Path, **extra) -> dict:
-    overrides = tiny_overrides(store, **{**RL, **extra})
+    """A tiny RL run; an ``extra`` value None drops that override (e.g. a key another task family lacks)."""
+    overrides = tiny_overrides(store, **{k: v for k, v in {**RL, **extra}.items() if v is not None})
     return execute(compose_cfg(overrides), run_dir, overrides)
 
 
@@ -153,3 +154,18 @@ def test_nan_reward_fails_naming_it_and_keeps_the_checkpoint(compose_cfg, tmp_pa
     assert meta["status"] == "failed" and "toy_nan" in meta["error"]
     assert checkpoints.latest_complete_checkpoint(run_dir) == run_dir / "checkpoint-2"
     assert isinstance(LlamaForCausalLM.from_pretrained(run_dir / "checkpoint-2"), LlamaForCausalLM)
+
+
+def test_generative_cola_with_label_match(compose_cfg, tmp_path, store_dir):
+    """GLUE as generation: CoLA prompts, the label_match reward, the eval scored with CoLA's MCC/accuracy."""
+    run_dir = tmp_path / "cola"
+    metrics = run(compose_cfg, run_dir, store_dir, task="cola_generative", **{
+        "task.train_limit": 16, "task.eval_limit": 8, "task.max_length": 48, "rl.rewards": "[label_match]",
+        "task.generation.max_new_tokens": None,
+        "rl.max_completion_length": 3})
+    post = metrics["post"]["student"]
+    assert set(post) == {"mcc", "accuracy", "unparsed_rate"} and metrics["primary_metric"] == "mcc"
+    assert 0.0 <= post["unparsed_rate"] <= 1.0
+    logs = step_logs(run_dir)
+    assert all(e["rewards/label_match/mean"] in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
+               for e in logs.values())
