@@ -14,6 +14,7 @@ import string
 from typing import TYPE_CHECKING, Any
 
 import datasets
+from peft import TaskType
 from transformers import AutoModelForCausalLM
 
 from farlab.data.base import GenerationConfig, TaskData
@@ -73,7 +74,7 @@ TASK_KINDS.add(VERBALISED, TaskKind(
     masks=lm_masks,
     predict=generate_texts,
     score=score_verbalised,
-    peft_task_type=TASK_KINDS.get("causal_lm").peft_task_type,
+    peft_task_type=TaskType.CAUSAL_LM,
     vocabulary_logits=True,
     decoder_only=True,
 ))
