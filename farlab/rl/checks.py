@@ -133,6 +133,9 @@ def _teacher_problems(cfg: DictConfig) -> list[str]:
             f"tokens, which needs one tokenizer; model.teacher_tokenizer={model.teacher_tokenizer!r} differs from "
             f"model.tokenizer={model.tokenizer!r}. Use a teacher with the student's tokenizer, or rl.teacher_weight=0 "
             "and rl.reference=init")
+    if rl.teacher_weight > 0 and model.processor is not None:
+        problems.append(f"rl.teacher_weight={rl.teacher_weight}: the teacher reward scores text prompts only; "
+                        f"model={model.name} is a vision-language pair (model.processor set). Set rl.teacher_weight=0")
     if cfg.teacher.backend != "hf":
         problems.append(f"{use} needs the in-process teacher (teacher=hf); teacher={cfg.teacher.backend} is not "
                         "supported by the RL teacher reward yet")

@@ -135,8 +135,11 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     set_threads(cfg.train.num_threads)
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)
     data, prompts = rl_task(cfg.task, tokenizer, cfg.seed)
-    if not data.task_kind.decoder_only:
-        raise ConfigError(f"rl=grpo needs a text generation task; task {data.name!r} builds a {data.kind!r} task")
+    if not data.task_kind.vocabulary_logits:
+        raise ConfigError(f"rl=grpo needs a generation task; task {data.name!r} builds a {data.kind!r} task")
+    if cfg.rl.teacher_weight > 0 and not data.task_kind.decoder_only:
+        raise ConfigError(f"rl.teacher_weight={cfg.rl.teacher_weight}: the teacher reward scores text prompts only; "
+                          f"task {data.name!r} has image prompts ({data.kind}). Set rl.teacher_weight=0")
     log.info("rl: %d prompts, %d eval rows (%s)", len(prompts), len(data.eval), data.eval_split_name)
     models = build_models(cfg, data, tokenizer, plan)
     eval_bs, progress = cfg.train.eval_batch_size, cfg.train.progress_bar

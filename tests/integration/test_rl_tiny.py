@@ -169,3 +169,35 @@ def test_generative_cola_with_label_match(compose_cfg, tmp_path, store_dir):
     logs = step_logs(run_dir)
     assert all(e["rewards/label_match/mean"] in (0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
                for e in logs.values())
+
+
+def test_ocr_image_prompts_tokenize_as_sft_and_train(compose_cfg, tmp_path, store_dir):
+    """OCR with a tiny Qwen-VL: TRL's tokenization of the image prompt equals the SFT/eval prompt's, and GRPO runs."""
+    from types import SimpleNamespace
+
+    from trl import GRPOTrainer
+    from trl.data_utils import prepare_multimodal_messages
+
+    from farlab.data import TASK_FAMILIES
+    from farlab.data.base import typed_config
+    from farlab.data.ocr import PROMPT_STYLES, OCRTaskConfig, VisionPromptEncoder
+    from farlab.models.loading import load_tokenizer
+
+    ovr = {"task": "ocr_uw3_lines", "model": "tiny_qwen_vl", "task.max_image_side": 128, "task.train_limit": 8,
+           "task.eval_limit": 2, "task.generation.max_new_tokens": 4, "task.max_length": None,
+           "rl.rewards": "[edit_similarity,exact_match]", "rl.max_completion_length": 4}
+    cfg = compose_cfg(tiny_overrides(store_dir, **{k: v for k, v in {**RL, **ovr}.items() if v is not None}))
+    processor = load_tokenizer(cfg.model.tokenizer, cfg.model.processor)
+    data, prompts = TASK_FAMILIES.get("ocr").rl_data(cfg.task, processor, cfg.seed)
+    row = prompts[0]
+    fake = SimpleNamespace(processing_class=processor, _is_vlm=True, environment_factories=None, tools=None,
+                           chat_template=None, chat_template_kwargs={})
+    trl_ids, _, _ = GRPOTrainer._tokenize_prompts(fake, [prepare_multimodal_messages(row["prompt"], [row["image"]])])
+    task = typed_config(OCRTaskConfig, cfg.task)
+    encoder = VisionPromptEncoder(processor, task, PROMPT_STYLES.get(task.prompt_style)(task))
+    assert list(trl_ids[0]) == encoder.prompt(data.train[0])["input_ids"][0].tolist()
+    assert row["reference"] == data.train[0]["text"]
+
+    metrics = run(compose_cfg, tmp_path / "ocr", store_dir, **ovr)
+    assert set(metrics["post"]["student"]) == {"edit_similarity", "exact_match"}
+    assert set(step_logs(tmp_path / "ocr")[1]) >= {"rewards/edit_similarity/mean", "rewards/exact_match/mean"}
