@@ -48,3 +48,11 @@ def test_teacher_with_another_tokenizer_is_refused_for_the_teacher_reward(compos
     assert "rl.teacher_weight=0.5" in msg and "needs one tokenizer" in msg and other in msg
     validate_config(compose_cfg([*TINY, "rl.teacher_weight=0", f"model.teacher_tokenizer={other}"]))
     assert "rl.beta > 0" in refused(compose_cfg, "rl.reference=teacher")
+
+
+def test_task_without_prompts_or_verbaliser_and_vision_teacher_reward_are_refused(compose_cfg):
+    msg = refused(compose_cfg, "task=cola")
+    assert "needs task.label_words" in msg and "task=cola_generative" in msg
+    msg = refused(compose_cfg, "task=ocr_uw3_lines", "model=tiny_qwen_vl", "rl.teacher_weight=0.5")
+    assert "text prompts only" in msg and "tiny_qwen_vl" in msg
+    validate_config(compose_cfg([*TINY, "task=ocr_uw3_lines", "model=tiny_qwen_vl"]))
