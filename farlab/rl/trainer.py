@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, TrainerState
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import TrainOutput
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import add_fused_lm_head, disable_dropout_in_model
 
@@ -112,6 +114,19 @@ class FarlabGRPOTrainer(GRPOTrainer):
         (staging_root / name / STATE_FILE).write_text(json.dumps({"callbacks": callbacks}, indent=1))
         checkpoints.publish(staging_root / name, run_dir / name)
         checkpoints.rotate(run_dir, keep or 0)
+
+    def train(self, resume_from_checkpoint: str | None = None, *args: Any, **kwargs: Any) -> TrainOutput:  # type: ignore[override]
+        """A checkpoint at the last step is loaded instead of trained from: the Trainer, resumed there, would run
+        one more GRPO step (a preemption after training, during the final evaluation, must not change the run)."""
+        if resume_from_checkpoint is not None:
+            state = TrainerState.load_from_json(str(Path(resume_from_checkpoint) / TRAINER_STATE_NAME))
+            target = self.args.max_steps if self.args.max_steps > 0 else state.max_steps
+            if state.global_step >= target:
+                self.state = state
+                self._load_from_checkpoint(resume_from_checkpoint)
+                losses = [e["loss"] for e in state.log_history if "loss" in e]
+                return TrainOutput(state.global_step, sum(losses) / max(len(losses), 1), {})
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def restore_callbacks(self, checkpoint: Path) -> None:
         """Load farlab's callback state (peak metrics) from a checkpoint before resuming there."""

@@ -106,34 +106,64 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(str(path))
 
 
-def test_sigusr1_preempt_then_resume_matches_uninterrupted(compose_cfg, tmp_path, store_dir, monkeypatch):
-    reference = tmp_path / "reference"
-    want = run(compose_cfg, reference, store_dir)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted tiny GRPO run (chrF)."""
+    from hydra import compose, initialize_config_dir
 
+    from farlab.config import REPO_ROOT, register_configs
+
+    register_configs()
+    root = tmp_path_factory.mktemp("rl_reference")
+    overrides = tiny_overrides(root / "store", **RL)
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    execute(cfg, root / "run", overrides)
+    return root / "run"
+
+
+def assert_same_run(run_dir: Path, reference: Path) -> None:
+    """On CPU with a fixed seed TRL's sampling is restored exactly (the RNG state is in the checkpoint): the final
+    student, the post metrics and every per-step log but the wall-clock step_time are bitwise equal."""
+    assert read(run_dir / "metrics.json")["post"] == read(reference / "metrics.json")["post"]
+    a, b = tensors(run_dir / "final" / "model.safetensors"), tensors(reference / "final" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert step_logs(run_dir, timing=False) == step_logs(reference, timing=False)
+    assert not (run_dir / f"checkpoint-{STEPS + 1}").exists()
+
+
+class SignalOnTrainEnd(TrainerCallback):
+    def on_train_end(self, args, state, control, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+
+@pytest.mark.parametrize("when", [3, "after_training"])
+def test_sigusr1_preempt_then_resume_matches_uninterrupted(compose_cfg, reference, tmp_path, store_dir,
+                                                           monkeypatch, when):
+    """A signal at step 3 checkpoints there and stops; one after training (final evaluation) stops at once. The
+    resumed run ends where the uninterrupted one does, with no extra GRPO step after a last-step checkpoint."""
     base = farlab.rl.run.FarlabGRPOTrainer
 
     class Signalled(base):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            self.add_callback(SignalAt(3))
+            self.add_callback(SignalAt(when) if when != "after_training" else SignalOnTrainEnd())
 
     run_dir = tmp_path / "run"
     monkeypatch.setattr(farlab.rl.run, "FarlabGRPOTrainer", Signalled)
     with pytest.raises(Preempted) as stopped:
         run(compose_cfg, run_dir, store_dir)
     monkeypatch.undo()
-    assert stopped.value.step == 3
+    stop_step = when if when != "after_training" else STEPS
+    assert stopped.value.step == (when if when != "after_training" else None)
     assert read(run_dir / "run_metadata.json")["status"] == "preempted"
-    assert checkpoints.latest_complete_checkpoint(run_dir) == run_dir / "checkpoint-3"
+    assert checkpoints.latest_complete_checkpoint(run_dir) == run_dir / f"checkpoint-{stop_step}"
 
     got = run(compose_cfg, run_dir, store_dir)
-    assert got["train"]["resumed_from"] == str(run_dir / "checkpoint-3")
+    assert got["train"]["resumed_from"] == str(run_dir / f"checkpoint-{stop_step}")
+    assert got["train"]["global_step"] == STEPS
     assert read(run_dir / "run_metadata.json")["attempts"] == 2
-    # On CPU with a fixed seed TRL's sampling is restored exactly (RNG state in the checkpoint): bitwise equal.
-    assert got["post"] == want["post"]
-    a, b = tensors(run_dir / "final" / "model.safetensors"), tensors(reference / "final" / "model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert step_logs(run_dir, timing=False) == step_logs(reference, timing=False)
+    assert_same_run(run_dir, reference)
 
 
 def test_nan_reward_fails_naming_it_and_keeps_the_checkpoint(compose_cfg, tmp_path, store_dir):
