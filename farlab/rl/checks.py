@@ -17,6 +17,7 @@ from farlab.data import TASK_FAMILIES
 from farlab.models.loading import spec_config_fields
 from farlab.registry import unknown_choice_message
 from farlab.rl.rewards import reward_problems
+from farlab.rl.teacher import REDUCTIONS
 
 RL_METHODS = ("none", "grpo")
 REFERENCES = ("init", "teacher")
@@ -45,7 +46,7 @@ def rl_problems(cfg: DictConfig) -> list[str]:
     problems = reward_problems(list(rl.rewards), None if rl.reward_weights is None else list(rl.reward_weights))
     problems += _generation_problems(rl, cfg.train)
     for key, value, valid in (("reference", rl.reference, REFERENCES), ("init", rl.init, INITS),
-                              ("vllm_mode", rl.vllm_mode, VLLM_MODES)):
+                              ("vllm_mode", rl.vllm_mode, VLLM_MODES), ("teacher_kl", rl.teacher_kl, REDUCTIONS)):
         if value not in valid:
             problems.append(unknown_choice_message(f"rl.{key}", value, valid))
     if rl.beta < 0 or rl.teacher_weight < 0:

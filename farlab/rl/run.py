@@ -57,7 +57,7 @@ def reward_functions(cfg: DictConfig, teacher: PreTrainedModel | None, tokenizer
     funcs: list[Any] = [RewardFunction(REWARDS.get(name, context="rl.rewards")) for name in rl.rewards]
     weights = [float(w) for w in rl.reward_weights] if rl.reward_weights is not None else [1.0] * len(funcs)
     if rl.teacher_weight > 0:
-        funcs.append(TeacherReward(teacher, tokenizer))
+        funcs.append(TeacherReward(teacher, tokenizer, rl.teacher_kl))
         weights.append(float(rl.teacher_weight))
     return funcs, weights
 

@@ -1,8 +1,9 @@
 """The teacher as a reward: minus the reverse KL from the student to the teacher on the student's own samples.
 
-For each sampled completion y of prompt x the reward is ``-sum_t KL(p_s(. | x, y<t) || p_t(. | x, y<t))`` over
-the completion's tokens: the per-position reverse KL of farlab's divergence module (full next-token
-distributions at temperature 1), summed over the sequence. Added to the task rewards with weight
+For each sampled completion y of prompt x the reward is minus the per-position reverse KL
+``KL(p_s(. | x, y<t) || p_t(. | x, y<t))`` of farlab's divergence module (full next-token distributions at
+temperature 1), averaged over the completion's tokens (``rl.teacher_kl=mean``, the default) or summed
+(``sum``: the sequence-level reverse KL, which GRPO can lower by stopping early: measured in docs/rl.md). Added to the task rewards with weight
 ``rl.teacher_weight``, GRPO then pushes the student towards sequences the teacher finds likely (on-policy
 distillation). Both models read the same token ids, so the teacher must share the student's tokenizer
 (checked before any model loads, farlab.rl.checks).
@@ -30,9 +31,12 @@ def prompt_token_ids(tokenizer: Any, prompts: list[Any]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]
 
 
+REDUCTIONS = ("mean", "sum")
+
+
 def sequence_reverse_kl(student: Any, teacher: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]],
-                        pad_id: int) -> Tensor:
-    """``[N]``: per sequence, the reverse KL summed over the completion tokens' predicting positions."""
+                        pad_id: int, reduction: str = "sum") -> Tensor:
+    """``[N]``: per sequence, the reverse KL at the completion tokens' predicting positions, summed or averaged."""
     rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
     width = max(len(r) for r in rows)
     device = next(student.parameters()).device
@@ -46,7 +50,8 @@ def sequence_reverse_kl(student: Any, teacher: Any, prompt_ids: list[list[int]],
         s_logits = student(input_ids=input_ids, attention_mask=attention).logits
         t_logits = teacher(input_ids=input_ids, attention_mask=attention).logits
         per_position = divergence("reverse_kl", s_logits, t_logits)  # [N, T]
-    return torch.where(mask, per_position, per_position.new_zeros(())).sum(-1)
+    total = torch.where(mask, per_position, per_position.new_zeros(())).sum(-1)
+    return total / mask.sum(-1).clamp_min(1) if reduction == "mean" else total
 
 
 class TeacherReward:
@@ -57,8 +62,8 @@ class TeacherReward:
 
     __name__ = NAME
 
-    def __init__(self, teacher: Any, tokenizer: Any) -> None:
-        self.teacher, self.tokenizer, self.student = teacher, tokenizer, None
+    def __init__(self, teacher: Any, tokenizer: Any, reduction: str = "mean") -> None:
+        self.teacher, self.tokenizer, self.reduction, self.student = teacher, tokenizer, reduction, None
 
     def bind(self, student: Any) -> TeacherReward:
         self.student = student
@@ -72,7 +77,7 @@ class TeacherReward:
         self.student.eval()
         try:
             kl = sequence_reverse_kl(self.student, self.teacher, prompt_token_ids(self.tokenizer, prompts),
-                                     [list(c) for c in completion_ids], self.tokenizer.pad_token_id)
+                                     [list(c) for c in completion_ids], self.tokenizer.pad_token_id, self.reduction)
         finally:
             self.student.train(was_training)
         return checked(NAME, (-kl).tolist())

@@ -1,9 +1,11 @@
-"""The teacher reward is minus the reverse KL of farlab's divergence module on the student's sampled tokens."""
+"""The teacher reward is minus the reverse KL of farlab's divergence module on the student's sampled tokens
+(summed over the completion's tokens, or their mean)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import GRPOTrainer
@@ -35,7 +37,7 @@ def test_teacher_reward_equals_minus_reverse_kl_on_the_same_tokens():
     student, teacher = tiny(2, 0), tiny(3, 1)
     prompts = ["Translate English to French.\nEnglish: Hello\nFrench:", "Translate: a much longer prompt here"]
     completions = [[17, 300, 41], [5, 6, 7, 8, 9, 2]]  # different lengths: padding must not leak in
-    reward = TeacherReward(teacher, tokenizer).bind(student)
+    reward = TeacherReward(teacher, tokenizer, "sum").bind(student)
     got = reward(prompts=prompts, completions=["", ""], completion_ids=completions, reference=["x", "y"])
     ids = prompt_token_ids(tokenizer, prompts)
     for value, p, c in zip(got, ids, completions, strict=True):
@@ -46,6 +48,9 @@ def test_teacher_reward_equals_minus_reverse_kl_on_the_same_tokens():
             per_position = divergence("reverse_kl", student(input_ids=seq).logits, teacher(input_ids=seq).logits)[0]
         assert abs(value + float(per_position[len(p) - 1 : len(p) + len(c) - 1].sum())) < 1e-5
     assert reward(prompts=prompts[:1], completions=[""], completion_ids=completions[:1])[0] == got[0]
+    mean = TeacherReward(teacher, tokenizer, "mean").bind(student)(prompts=prompts, completions=["", ""],
+                                                                   completion_ids=completions)
+    assert mean == pytest.approx([g / len(c) for g, c in zip(got, completions, strict=True)], rel=1e-5)
 
 
 def test_prompt_ids_match_trl_tokenization_of_text_prompts():
