@@ -265,6 +265,35 @@ class EvalConfig:
 
 
 @dataclass
+class RLConfig:
+    """The RL paradigm (``rl`` group: none | grpo), trained by ``trl.GRPOTrainer`` (farlab.rl; docs/rl.md).
+
+    ``name: none`` is SFT/KD as before. Batch size, steps, logging and checkpoints come from ``train``;
+    ``rewards``/``reward_weights`` name entries of ``farlab.rl.rewards.REWARDS``.
+    """
+
+    name: str = "none"  # none | grpo
+    rewards: list[str] = field(default_factory=lambda: ["chrf"])
+    reward_weights: Optional[list[float]] = None  # one per reward; None = all 1
+    num_generations: int = 4  # completions per prompt; must divide train.batch_size x train.grad_accum_steps
+    max_completion_length: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    beta: float = 0.0  # weight of GRPO's KL to the reference model (0 = no reference model)
+    learning_rate: Optional[float] = None  # None = train.learning_rate
+    epsilon: float = 0.2  # PPO-style clip range
+    loss_type: str = "dapo"  # passed to GRPOConfig.loss_type (grpo | dapo | dr_grpo | bnpo ...)
+    teacher_weight: float = 0.0  # > 0: reward - teacher_weight x reverse KL(student || teacher) per sequence
+    teacher_kl: str = "mean"  # mean | sum of the per-token KLs over a completion (sum rewards short answers)
+    reference: str = "init"  # init | teacher: what beta anchors to
+    init: str = "none"  # none | sft: CE fine-tune the student first (stored like an SFT teacher)
+    label_words: Optional[list[str]] = None  # GLUE as generation: one answer word per label (class-id order)
+    use_vllm: bool = False  # passed through to TRL (GPU machines with vllm installed)
+    vllm_mode: str = "colocate"  # colocate | server
+    vllm_gpu_memory_utilization: float = 0.3
+
+
+@dataclass
 class FarlabConfig:
     seed: int = 42
     resume: bool = True
@@ -280,6 +309,7 @@ class FarlabConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)  # context distillation (docs/context_distillation.md)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluations beyond the task metric (lm-eval harness)
+    rl: RLConfig = field(default_factory=RLConfig)  # the RL paradigm (farlab.rl); name none = SFT/KD
     output_dir: Optional[str] = None  # None = Hydra's run dir
     paths: dict[str, Any] = field(default_factory=dict)
 

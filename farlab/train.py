@@ -208,6 +208,10 @@ def train_summary(fitted: FitResult) -> dict[str, Any]:
 def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dict[str, Any]:
     """One experiment; raises :class:`Preempted` when ``stop`` saw a signal and training stopped early."""
     plan = validate_config(cfg)
+    if cfg.rl.name != "none":  # the RL paradigm (rl=grpo): trl.GRPOTrainer, same run dir and metrics layout
+        from farlab.rl.run import run_rl  # local: only RL runs import TRL
+
+        return run_rl(cfg, run_dir, plan, stop or GracefulStop())
     set_threads(cfg.train.num_threads)
     attn = attention_implementation(cfg.model, plan)
 

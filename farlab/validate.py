@@ -15,6 +15,7 @@ from farlab.errors import ConfigError
 from farlab.eval.harness import harness_problems
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import model_problems
+from farlab.rl.checks import rl_problems
 from farlab.teachers.backends import teacher_problems
 from farlab.teachers.strategies import strategy_problems
 from farlab.teachers.tokenizers import vocab_align_problems
@@ -43,6 +44,7 @@ def validate_config(cfg: DictConfig) -> LossPlan:
         *parallel_problems(cfg.train),
         *harness_problems(cfg.eval.harness, cfg.paths.get("data")),
         *context_problems(cfg.get("distill"), cfg.task, plan),
+        *rl_problems(cfg),  # rl=grpo: rewards, generation batch, a generative student, the teacher's tokenizer
     ]
     if len(problems) == 1:
         raise ConfigError(problems[0])

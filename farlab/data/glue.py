@@ -63,6 +63,10 @@ class GlueTaskConfig:
     primary_metric: Optional[str] = None  # null = the first of metrics
     # More eval files in data_dir, each evaluated like the primary split (metrics.json "extra_eval", by stem)
     extra_eval_files: list[str] = field(default_factory=list)  # e.g. [dev_mismatched.tsv] for MNLI
+    # GLUE as generation (rl=grpo; farlab.data.glue_generation): one answer word per label (class-id order), and
+    # the prompt around the text ({text}; {text_b} for pairs). Classification runs ignore both.
+    label_words: Optional[list[str]] = None
+    prompt_template: str = "{text}\nAnswer:"
 
 
 def typed_task_config(task_cfg: DictConfig) -> GlueTaskConfig:
@@ -99,14 +103,7 @@ class GlueHandler:
     def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData:
         cfg = typed_task_config(task_cfg)
         layout = self._layout(cfg)
-        train_rows, eval_rows, eval_name = self._load_rows(cfg, layout, seed)
-        if cfg.class_ratio is None:
-            train_rows = _seeded_subset(train_rows, cfg.train_limit, seed)
-        else:
-            train_rows = class_ratio_subset(train_rows, cfg.class_ratio, seed, cfg.train_limit, layout.labels)
-        eval_rows = _seeded_subset(eval_rows, cfg.eval_limit, seed)
-        if not train_rows or not eval_rows:
-            raise DataError(f"task {cfg.name!r}: empty split (train {len(train_rows)}, eval {len(eval_rows)} rows)")
+        train_rows, eval_rows, eval_name = self.rows(cfg, layout, seed)
         extra = {
             Path(name).stem: _tokenize(
                 _seeded_subset(read_glue_tsv(Path(cfg.data_dir) / name, layout), cfg.eval_limit, seed),
@@ -136,6 +133,29 @@ class GlueHandler:
             },
             extra_eval=extra,
         )
+
+    def rows(self, cfg: GlueTaskConfig, layout: GlueLayout, seed: int) -> tuple[list[Row], list[Row], str]:
+        """The run's train rows (limit or class ratio applied), eval rows (limit applied) and eval split name."""
+        train_rows, eval_rows, eval_name = self._load_rows(cfg, layout, seed)
+        if cfg.class_ratio is None:
+            train_rows = _seeded_subset(train_rows, cfg.train_limit, seed)
+        else:
+            train_rows = class_ratio_subset(train_rows, cfg.class_ratio, seed, cfg.train_limit, layout.labels)
+        eval_rows = _seeded_subset(eval_rows, cfg.eval_limit, seed)
+        if not train_rows or not eval_rows:
+            raise DataError(f"task {cfg.name!r}: empty split (train {len(train_rows)}, eval {len(eval_rows)} rows)")
+        return train_rows, eval_rows, eval_name
+
+    def rl_problems(self, task_cfg: DictConfig) -> list[str]:
+        from farlab.data.glue_generation import verbaliser_problems  # local: glue_generation imports this module
+
+        return verbaliser_problems(typed_task_config(task_cfg))
+
+    def rl_data(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> tuple[TaskData, datasets.Dataset]:
+        """GLUE as generation (farlab.data.glue_generation): eval data scored by the verbaliser, and RL prompts."""
+        from farlab.data.glue_generation import verbalised_task
+
+        return verbalised_task(self, typed_task_config(task_cfg), tokenizer, seed)
 
     @staticmethod
     def _layout(cfg: GlueTaskConfig) -> GlueLayout:

@@ -437,6 +437,11 @@ class OCRHandler:
                 raise DataError(f"task.{role}={path!r} is not a {kind} (task.format={cfg.format!r})")
         PROMPT_STYLES.get(cfg.prompt_style)(cfg)  # fails now if olmocr is needed and missing
 
+    def rl_data(self, task_cfg: DictConfig, processor: Any, seed: int) -> tuple[TaskData, datasets.Dataset]:
+        """For RL (farlab.rl): the task data as built for SFT/KD, and the train split as image prompts."""
+        data = self.build(task_cfg, processor, seed)
+        return data, rl_prompts(data, typed_config(OCRTaskConfig, task_cfg), processor)
+
     def build(self, task_cfg: DictConfig, processor: Any, seed: int) -> TaskData:
         cfg = typed_config(OCRTaskConfig, task_cfg)
         if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
@@ -475,6 +480,19 @@ class OCRHandler:
             normalize=NORMALIZERS.get(cfg.normalize),
             info={"dropped_empty_text": dropped, "split_sizes": {k: len(v) for k, v in splits.items()}},
         )
+
+
+def rl_prompts(data: TaskData, cfg: OCRTaskConfig, processor: Any) -> datasets.Dataset:
+    """The train split as RL prompts in TRL's vision form: a one-turn chat with the instruction (TRL puts the
+    ``image`` column in front of it, as :class:`VisionPromptEncoder` does) and the ``reference`` transcript.
+    Images are loaded (cropped, resized) up front: fine for line and page sets of this size, not for 270k pages."""
+    default = PROMPT_STYLES.get(cfg.prompt_style)(cfg)
+    return datasets.Dataset.from_list([
+        {"prompt": [{"role": "user", "content": row["prompt"] or default}],
+         "image": load_image(row["image"], row["box"], cfg.max_image_side, cfg.max_aspect_ratio),
+         "reference": row["text"]}
+        for row in data.train
+    ])
 
 
 def _row(e: OCRExample) -> dict[str, Any]:

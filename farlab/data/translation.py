@@ -82,17 +82,7 @@ class TranslationHandler:
     def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int,
               teacher_prompt: TeacherPrompt | None = None) -> TaskData:
         cfg = typed_config(TranslationTaskConfig, task_cfg)
-        pairs = _load_pairs(cfg)
-        kept = [(s.strip(), t.strip()) for s, t in pairs if s.strip() and t.strip()]
-        unique = list(dict.fromkeys(kept))  # repeated pairs ("(Applause)") would leak across splits
-        splits = _split(unique, cfg, seed)
-        train = _limit(splits["train"], cfg.train_limit, seed)
-        evaluation = _limit(splits[cfg.eval_split], cfg.eval_limit, seed)
-        if not train or not evaluation:
-            raise DataError(
-                f"task {cfg.name!r}: empty split after dropping {len(pairs) - len(kept)} pairs with an empty side "
-                f"(train {len(train)}, {cfg.eval_split} {len(evaluation)})"
-            )
+        pairs, kept, unique, splits, train, evaluation = _pairs_and_splits(cfg, seed)
         teacher = None
         if teacher_prompt is not None:
             chat = cfg.use_chat_template if teacher_prompt.chat is None else teacher_prompt.chat
@@ -127,6 +117,33 @@ class TranslationHandler:
             extra_eval=extra_eval,
         )
 
+    def rl_data(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> tuple[TaskData, datasets.Dataset]:
+        """For RL (farlab.rl): the task data as built for SFT/KD (its eval split scores the run), and the train split
+        as prompts: ``prompt`` (text, or a chat for ``use_chat_template``, which TRL renders with the same chat
+        template and generation prompt) and the ``reference`` translation the rewards compare with."""
+        cfg = typed_config(TranslationTaskConfig, task_cfg)
+        train = _pairs_and_splits(cfg, seed)[4]
+        encoder = PromptEncoder(cfg, tokenizer)
+        prompts = datasets.Dataset.from_list([{"prompt": encoder.rl_prompt(s), "reference": t} for s, t in train])
+        return self.build(task_cfg, tokenizer, seed), prompts
+
+
+def _pairs_and_splits(cfg: TranslationTaskConfig, seed: int) -> tuple[list[Pair], list[Pair], list[Pair],
+                                                                        dict[str, list[Pair]], list[Pair], list[Pair]]:
+    """All pairs, the kept (non-empty) ones, the unique ones, the seeded splits, and the limited train/eval parts."""
+    pairs = _load_pairs(cfg)
+    kept = [(s.strip(), t.strip()) for s, t in pairs if s.strip() and t.strip()]
+    unique = list(dict.fromkeys(kept))  # repeated pairs ("(Applause)") would leak across splits
+    splits = _split(unique, cfg, seed)
+    train = _limit(splits["train"], cfg.train_limit, seed)
+    evaluation = _limit(splits[cfg.eval_split], cfg.eval_limit, seed)
+    if not train or not evaluation:
+        raise DataError(
+            f"task {cfg.name!r}: empty split after dropping {len(pairs) - len(kept)} pairs with an empty side "
+            f"(train {len(train)}, {cfg.eval_split} {len(evaluation)})"
+        )
+    return pairs, kept, unique, splits, train, evaluation
+
 
 class PromptEncoder:
     """Builds token ids for training (prompt + target + eos, labels masked on the prompt) and for eval.
@@ -160,16 +177,28 @@ class PromptEncoder:
         """(the source as kept, the prompt ids) with the prompt cut to ``budget`` tokens."""
         ids = self._encode_prompt(source)
         if budget is not None and len(ids) > budget:
-            source_ids = self.tokenizer(source, add_special_tokens=False)["input_ids"]
-            keep = max(len(source_ids) - (len(ids) - budget), 1)
-            source = self.tokenizer.decode(source_ids[:keep])
+            source = self._cut_source(source, len(ids) - budget)
             ids = self._encode_prompt(source)[-budget:]
         return source, ids
 
-    def _encode_prompt(self, source: str) -> list[int]:
+    def _cut_source(self, source: str, excess: int) -> str:
+        source_ids = self.tokenizer(source, add_special_tokens=False)["input_ids"]
+        return self.tokenizer.decode(source_ids[: max(len(source_ids) - excess, 1)])
+
+    def prompt_text(self, source: str) -> str:
         cfg = self.cfg
-        text = cfg.prompt_template.format(source=source, source_lang=cfg.source_lang, target_lang=cfg.target_lang,
+        return cfg.prompt_template.format(source=source, source_lang=cfg.source_lang, target_lang=cfg.target_lang,
                                           context=self.context)
+
+    def rl_prompt(self, source: str) -> str | list[dict[str, str]]:
+        """The eval prompt (source cut to half of max_length, as :meth:`eval_example`) in TRL's form: plain text
+        (TRL tokenizes it as here, special tokens added) or a one-turn chat (TRL adds the generation prompt)."""
+        excess = len(self._encode_prompt(source)) - self.cfg.max_length // 2
+        text = self.prompt_text(self._cut_source(source, excess) if excess > 0 else source)
+        return [{"role": "user", "content": text}] if self.cfg.use_chat_template else text
+
+    def _encode_prompt(self, source: str) -> list[int]:
+        text = self.prompt_text(source)
         prefix = self.context and not self.inline  # the context goes before the prompt (the system turn in chat)
         if cfg.use_chat_template:
             system = [{"role": "system", "content": self.context}] if prefix else []

@@ -7,6 +7,7 @@ Every metric takes ``(predictions, references)``: label ids for classifiers, str
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -67,6 +68,13 @@ def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Fraction of predictions equal to their reference after stripping surrounding whitespace."""
     hits = [p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)]
     return float(np.mean(hits)) if hits else 0.0
+
+
+def answer_word(text: str) -> str:
+    """The answer word of a generated label (a verbalised class, e.g. "Acceptable." -> "acceptable"): the first
+    word, lower-cased, punctuation dropped; "" when there is none."""
+    match = re.search(r"\w+", text.lower())
+    return match.group(0) if match else ""
 
 
 def compute_metrics(names: Sequence[str], predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:

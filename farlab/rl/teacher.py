@@ -1,0 +1,83 @@
+"""The teacher as a reward: minus the reverse KL from the student to the teacher on the student's own samples.
+
+For each sampled completion y of prompt x the reward is minus the per-position reverse KL
+``KL(p_s(. | x, y<t) || p_t(. | x, y<t))`` of farlab's divergence module (full next-token distributions at
+temperature 1), averaged over the completion's tokens (``rl.teacher_kl=mean``, the default) or summed
+(``sum``: the sequence-level reverse KL, which GRPO can lower by stopping early: measured in docs/rl.md). Added to the task rewards with weight
+``rl.teacher_weight``, GRPO then pushes the student towards sequences the teacher finds likely (on-policy
+distillation). Both models read the same token ids, so the teacher must share the student's tokenizer
+(checked before any model loads, farlab.rl.checks).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from farlab.losses.divergences import divergence
+from farlab.rl.rewards import checked
+
+NAME = "teacher_reverse_kl"
+
+
+def prompt_token_ids(tokenizer: Any, prompts: list[Any]) -> list[list[int]]:
+    """The prompt ids exactly as ``trl.GRPOTrainer._tokenize_prompts`` builds them for text-only prompts: plain
+    text through the tokenizer (special tokens added), chats through the chat template with the generation prompt."""
+    if prompts and not isinstance(prompts[0], str):
+        out = tokenizer.apply_chat_template(prompts, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return [list(ids) for ids in out["input_ids"]]
+    return [list(ids) for ids in tokenizer(text=prompts)["input_ids"]]
+
+
+REDUCTIONS = ("mean", "sum")
+
+
+def sequence_reverse_kl(student: Any, teacher: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]],
+                        pad_id: int, reduction: str = "sum") -> Tensor:
+    """``[N]``: per sequence, the reverse KL at the completion tokens' predicting positions, summed or averaged."""
+    rows = [p + c for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    width = max(len(r) for r in rows)
+    device = next(student.parameters()).device
+    input_ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], device=device)
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+    # The logit at position t predicts token t + 1: completion token j of row i sits at len(prompt_i) + j.
+    mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    for i, (p, c) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        mask[i, len(p) - 1 : len(p) - 1 + len(c)] = True
+    with torch.no_grad():
+        s_logits = student(input_ids=input_ids, attention_mask=attention).logits
+        t_logits = teacher(input_ids=input_ids, attention_mask=attention).logits
+        per_position = divergence("reverse_kl", s_logits, t_logits)  # [N, T]
+    total = torch.where(mask, per_position, per_position.new_zeros(())).sum(-1)
+    return total / mask.sum(-1).clamp_min(1) if reduction == "mean" else total
+
+
+class TeacherReward:
+    """A TRL reward function (``__name__`` ``teacher_reverse_kl``): minus the sequence reverse KL to the teacher.
+
+    The student is the policy being trained; :meth:`bind` hands it over once the GRPOTrainer holds it.
+    """
+
+    __name__ = NAME
+
+    def __init__(self, teacher: Any, tokenizer: Any, reduction: str = "mean") -> None:
+        self.teacher, self.tokenizer, self.reduction, self.student = teacher, tokenizer, reduction, None
+
+    def bind(self, student: Any) -> TeacherReward:
+        self.student = student
+        return self
+
+    def __call__(self, prompts: list[Any], completions: list[Any], completion_ids: list[list[int]],
+                 **_: Any) -> list[float]:
+        if self.student is None:
+            raise RuntimeError("TeacherReward.bind(student) was not called")
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            kl = sequence_reverse_kl(self.student, self.teacher, prompt_token_ids(self.tokenizer, prompts),
+                                     [list(c) for c in completion_ids], self.tokenizer.pad_token_id, self.reduction)
+        finally:
+            self.student.train(was_training)
+        return checked(NAME, (-kl).tolist())

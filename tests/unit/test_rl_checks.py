@@ -1,0 +1,58 @@
+"""``rl=grpo`` bad input is refused by validate_config, before any model loads."""
+
+from __future__ import annotations
+
+import pytest
+
+from farlab.config import REPO_ROOT
+from farlab.errors import ConfigError
+from farlab.validate import validate_config
+
+TINY = ["task=europarl_en_fr", "model=tiny_llama", "rl=grpo", "train.batch_size=8"]
+
+
+def refused(compose_cfg, *overrides: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_cfg([*TINY, *overrides]))
+    return str(err.value)
+
+
+def test_defaults_are_valid_and_rl_none_is_the_default(compose_cfg):
+    validate_config(compose_cfg(TINY))
+    assert compose_cfg(["task=europarl_en_fr"]).rl.name == "none"
+    rl = compose_cfg(TINY).rl
+    assert (rl.name, rl.num_generations, rl.beta, rl.reference, rl.init) == ("grpo", 4, 0.0, "init", "none")
+
+
+def test_classification_head_model_is_refused(compose_cfg):
+    msg = refused(compose_cfg, "model=tiny_bert")
+    assert "needs a generative student" in msg and "tiny-bert-2l" in msg and "encoder/classification-head" in msg
+
+
+def test_unknown_reward_and_method_did_you_mean(compose_cfg):
+    msg = refused(compose_cfg, "rl.rewards=[chrf,bleuu]")
+    assert "unknown reward 'bleuu'" in msg and "did you mean 'bleu'?" in msg
+    assert "did you mean 'grpo'?" in refused(compose_cfg, "rl.name=grpoo")
+
+
+def test_num_generations_must_divide_the_generation_batch(compose_cfg):
+    msg = refused(compose_cfg, "rl.num_generations=3")
+    assert "rl.num_generations=3 does not divide the generation batch" in msg and "8 x 1 = 8" in msg
+    validate_config(compose_cfg([*TINY, "rl.num_generations=6", "train.batch_size=3", "train.grad_accum_steps=2"]))
+    assert "must be >= 2" in refused(compose_cfg, "rl.num_generations=1")
+
+
+def test_teacher_with_another_tokenizer_is_refused_for_the_teacher_reward(compose_cfg):
+    other = str(REPO_ROOT / "farlab" / "assets" / "tiny_wordpiece")
+    msg = refused(compose_cfg, "rl.teacher_weight=0.5", f"model.teacher_tokenizer={other}")
+    assert "rl.teacher_weight=0.5" in msg and "needs one tokenizer" in msg and other in msg
+    validate_config(compose_cfg([*TINY, "rl.teacher_weight=0", f"model.teacher_tokenizer={other}"]))
+    assert "rl.beta > 0" in refused(compose_cfg, "rl.reference=teacher")
+
+
+def test_task_without_prompts_or_verbaliser_and_vision_teacher_reward_are_refused(compose_cfg):
+    msg = refused(compose_cfg, "task=cola")
+    assert "needs task.label_words" in msg and "task=cola_generative" in msg
+    msg = refused(compose_cfg, "task=ocr_uw3_lines", "model=tiny_qwen_vl", "rl.teacher_weight=0.5")
+    assert "text prompts only" in msg and "tiny_qwen_vl" in msg
+    validate_config(compose_cfg([*TINY, "task=ocr_uw3_lines", "model=tiny_qwen_vl"]))
