@@ -18,9 +18,10 @@ import datasets
 import torch
 from omegaconf import DictConfig
 
-from farlab.errors import DataError
-from farlab.data.base import check_eval_settings, GenerationConfig, TaskData, typed_config
+from farlab.data.base import GenerationConfig, TaskData, check_eval_settings, typed_config
 from farlab.data.context import TeacherPrompt
+from farlab.errors import DataError
+
 
 @dataclass
 class TranslationTaskConfig:
@@ -200,7 +201,7 @@ class PromptEncoder:
     def _encode_prompt(self, source: str) -> list[int]:
         text = self.prompt_text(source)
         prefix = self.context and not self.inline  # the context goes before the prompt (the system turn in chat)
-        if cfg.use_chat_template:
+        if self.cfg.use_chat_template:
             system = [{"role": "system", "content": self.context}] if prefix else []
             text = self.tokenizer.apply_chat_template(
                 [*system, {"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
