@@ -8,6 +8,8 @@ it is given, and the pair (a plain ``nn.Module`` holding student and teacher) ha
 
 from __future__ import annotations
 
+import os
+
 from typing import Any
 
 import torch
@@ -56,7 +58,14 @@ def parallel_problems(train_cfg: Any) -> list[str]:
         problems.append(f"train.unfreeze.frozen_blocks={train_cfg.unfreeze.frozen_blocks} cannot run across "
                         f"{processes} processes (DDP would not synchronise blocks unfrozen during training); "
                         "set it to 0, or train in one process")
-    if train_cfg.fsdp.enabled and not distributed.launched():
+    if train_cfg.fsdp.enabled and os.environ.get("FARLAB_FSDP_UNVERIFIED") != "1":
+        # Evaluation and export run on rank 0 alone (farlab.distributed.on_main), which holds only a shard under
+        # FSDP: the run would wait forever at its first evaluation. Refused until that path is built and checked
+        # on GPUs; benchmarks/gpu/fsdp_check.sh sets the variable to exercise it.
+        problems.append("train.fsdp.enabled=true is not usable yet: farlab evaluates and exports on rank 0 alone, "
+                        "which needs the whole student (DDP), so a sharded run would hang at its first evaluation; "
+                        "train with DDP (torchrun without train.fsdp), see docs/distributed.md")
+    elif train_cfg.fsdp.enabled and not distributed.launched():
         problems.append("train.fsdp.enabled=true shards across processes: launch with torchrun --nproc_per_node=N "
                         "or a multi-task SLURM job (hydra.launcher.tasks_per_node=N), see docs/distributed.md")
     return problems

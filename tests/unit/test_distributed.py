@@ -86,6 +86,10 @@ def test_parallel_problems(monkeypatch):
     for var in ("RANK", "WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_PROCID"):
         monkeypatch.delenv(var, raising=False)
     assert parallel_problems(train_cfg(unfreeze={"frozen_blocks": 2})) == []  # one process: fine
+    monkeypatch.delenv("FARLAB_FSDP_UNVERIFIED", raising=False)
+    [problem] = parallel_problems(train_cfg(fsdp={"enabled": True}))
+    assert "not usable yet" in problem and "hang" in problem  # refused until evaluation/export under FSDP exist
+    monkeypatch.setenv("FARLAB_FSDP_UNVERIFIED", "1")  # the GPU check script's way in
     [problem] = parallel_problems(train_cfg(fsdp={"enabled": True}))
     assert "torchrun" in problem and "train.fsdp.enabled" in problem
     monkeypatch.setenv("WORLD_SIZE", "2")
