@@ -9,7 +9,6 @@ it is given, and the pair (a plain ``nn.Module`` holding student and teacher) ha
 from __future__ import annotations
 
 import os
-
 from typing import Any
 
 import torch
