@@ -14,6 +14,7 @@ from farlab.errors import ConfigError
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import model_problems
 from farlab.teachers.backends import teacher_problems
+from farlab.teachers.generations import generate_problems
 from farlab.teachers.strategies import strategy_problems
 from farlab.teachers.tokenizers import vocab_align_problems
 from farlab.trainer.fit import train_problems
@@ -37,6 +38,7 @@ def validate_config(cfg: DictConfig) -> LossPlan:
         *vocab_align_problems(cfg.model.vocab_align),
         *strategy_problems(cfg.teacher_strategy, plan),
         *train_problems(cfg.train, cfg.wandb),
+        *generate_problems(cfg.generate, cfg.task, cfg.teacher.backend),
     ]
     if len(problems) == 1:
         raise ConfigError(problems[0])

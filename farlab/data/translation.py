@@ -41,12 +41,14 @@ class TranslationTaskConfig:
     eval_split: str = "validation"  # validation | test
     train_limit: Optional[int] = None
     eval_limit: Optional[int] = None
+    targets: str = "gold"  # gold | teacher: train on the teacher's generations (farlab.teachers.generations)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf"])
     primary_metric: Optional[str] = "bleu"
 
 
 Pair = tuple[str, str]
+TARGETS = ("gold", "teacher")
 
 
 class TranslationHandler:
@@ -62,6 +64,9 @@ class TranslationHandler:
         if unknown:
             raise DataError(f"task.prompt_template uses unknown fields {sorted(unknown)}; valid: source, source_lang, target_lang")
         check_eval_settings(cfg.metrics, cfg.primary_metric, cfg.eval_split)
+        if cfg.targets not in TARGETS:
+            raise DataError(f"task.targets={cfg.targets!r}; valid: {', '.join(TARGETS)} (teacher: the teacher's "
+                            "generations for the training prompts, see docs/distillation_setups.md)")
         if cfg.source_file is None and cfg.hub_name is None:
             raise DataError(f"task {cfg.name!r}: set task.source_file and task.target_file, or task.hub_name")
         if cfg.source_file is not None:
@@ -110,6 +115,9 @@ class TranslationHandler:
                 "split_sizes": {k: len(v) for k, v in splits.items()},
             },
             generation=cfg.generation,
+            retarget=lambda rows: datasets.Dataset.from_list(
+                [{**encoder.training_example(train[e][0], text), "example_id": i} for i, (e, text) in enumerate(rows)]
+            ),
         )
 
 

@@ -86,11 +86,16 @@ def _sft(ctx: TeacherContext) -> PreTrainedModel:
 
     def train(out: Path) -> None:
         set_seed(cfg.seed)
-        ctx.fine_tune(ctx.base(), ctx.data, ctx.tokenizer, out)
+        ctx.fine_tune(ctx.base(), ctx.data.gold_only(), ctx.tokenizer, out)  # no transfer/generated rows
 
     path, _ = store.get_or_train(name, material, train)
     kwargs = {"attn_implementation": ctx.attn_implementation} if ctx.attn_implementation else {}
     return head_for(ctx.data).auto_class.from_pretrained(path, **kwargs)
+
+
+# Task fields that add training rows the SFT teacher never sees (it learns from the gold-labelled rows only), so
+# a run with them shares the store entry of the plain run.
+UNUSED_BY_SFT = ("targets", "transfer")
 
 
 def sft_store_name(settings: TeacherSettings) -> str:
@@ -99,8 +104,11 @@ def sft_store_name(settings: TeacherSettings) -> str:
 
 def sft_store_material(settings: TeacherSettings) -> dict[str, Any]:
     """What identifies an SFT teacher: task (data and limits), teacher model, tokenizer, seed, recipe."""
+    task = OmegaConf.to_container(settings.task, resolve=True)
+    for key in UNUSED_BY_SFT:
+        task.pop(key, None)
     return {
-        "task": OmegaConf.to_container(settings.task, resolve=True),
+        "task": task,
         "teacher": OmegaConf.to_container(settings.model.teacher, resolve=True),
         "tokenizer": settings.model.tokenizer,
         "seed": settings.seed,
