@@ -95,13 +95,13 @@ class TranslationHandler:
                 f"(train {len(train)}, {cfg.eval_split} {len(evaluation)})"
             )
         encoder = PromptEncoder(cfg, tokenizer)
+        # example_id: the row's index, so a teacher cache can look the row up (models never see it)
+        rows = [{**encoder.training_example(s, t), "example_id": i} for i, (s, t) in enumerate(train)]
+        prompts = [r["input_ids"][: r["labels"].count(-100)] for r in rows]  # what a generating teacher is shown
         return TaskData(
             name=cfg.name,
             kind="causal_lm",
-            # example_id: the row's index, so a teacher cache can look the row up (models never see it)
-            train=datasets.Dataset.from_list(
-                [{**encoder.training_example(s, t), "example_id": i} for i, (s, t) in enumerate(train)]
-            ),
+            train=datasets.Dataset.from_list(rows),
             eval=datasets.Dataset.from_list([encoder.eval_example(s, t) for s, t in evaluation]),
             collator=CausalLMCollator(tokenizer.pad_token_id),
             label_names=[],
@@ -115,8 +115,8 @@ class TranslationHandler:
                 "split_sizes": {k: len(v) for k, v in splits.items()},
             },
             generation=cfg.generation,
-            retarget=lambda rows: datasets.Dataset.from_list(
-                [{**encoder.training_example(train[e][0], text), "example_id": i} for i, (e, text) in enumerate(rows)]
+            retarget=lambda targets: datasets.Dataset.from_list(
+                [{**encoder.answer_example(prompts[e], text), "example_id": i} for i, (e, text) in enumerate(targets)]
             ),
         )
 
@@ -153,11 +153,17 @@ class PromptEncoder:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(text)["input_ids"]
 
+    def _answer(self, target: str) -> list[int]:
+        return self.tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
     def training_example(self, source: str, target: str) -> dict[str, list[int]]:
-        answer = self.tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
         limit = self.cfg.max_length
-        prompt = self.prompt_ids(source, budget=limit - min(len(answer), limit // 2))
-        answer = answer[: limit - len(prompt)]
+        prompt = self.prompt_ids(source, budget=limit - min(len(self._answer(target)), limit // 2))
+        return self.answer_example(prompt, target)
+
+    def answer_example(self, prompt: list[int], target: str) -> dict[str, list[int]]:
+        """``prompt`` (kept whole) + the target's tokens + eos, cut at max_length; labels mask the prompt."""
+        answer = self._answer(target)[: self.cfg.max_length - len(prompt)]
         return {
             "input_ids": prompt + answer,
             "attention_mask": [1] * (len(prompt) + len(answer)),
