@@ -7,7 +7,8 @@ For users without vLLM, and for the tests (a real HTTP server process). Endpoint
 ``GET /v1/models``, ``POST /v1/completions`` with ``prompt`` as text, token ids, or a list of either;
 ``echo``, ``logprobs`` (top-k per echoed/generated token, OpenAI legacy shape), ``prompt_logprobs`` (vLLM's
 extension: ``[None, {"<id>": {"logprob", "rank", "decoded_token"}}, ...]``, top-k plus the prompt's own token),
-``max_tokens`` (greedy at ``temperature`` 0, else sampled). Log-probs are ``log_softmax`` of the raw logits
+``max_tokens`` (greedy at ``temperature`` 0, else sampled with ``top_p``), ``n`` completions per prompt
+(choice ``p * n + j``, vLLM's order) and ``seed`` (sample ``j`` uses ``seed + j``). Log-probs are ``log_softmax`` of the raw logits
 (T = 1), as vLLM returns them; requests over ``--max-logprobs`` get vLLM's 400 error. One forward at a time
 (a lock), requests handled on threads. Prints ``serving <name> on http://host:port/v1`` once listening.
 """
