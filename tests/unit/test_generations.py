@@ -150,3 +150,15 @@ def test_the_sft_teacher_key_ignores_targets_and_transfer(compose_cfg, tmp_path)
     plain = TeacherSettings.from_run_config(_cfg(compose_cfg, tmp_path))
     seqkd = TeacherSettings.from_run_config(_cfg(compose_cfg, tmp_path, **{"task.targets": "teacher"}))
     assert sft_store_material(plain) == sft_store_material(seqkd)
+
+
+def test_the_cache_cli_caches_the_generated_rows(tmp_path):
+    from farlab.cli.cache import main as cache_main
+    from farlab.teachers.cache import TeacherCache
+
+    overrides = tiny_overrides(tmp_path / "store", **{
+        "task": "europarl_en_fr", "model": "tiny_llama", "teacher_strategy": "frozen_base", "task.train_limit": 4,
+        "task.generation.max_new_tokens": 4, "generate.dir": str(tmp_path / "gen"), "task.targets": "teacher",
+        "generate.mode": "sample", "generate.n": 2, "teacher": "cache", "teacher.cache.dir": str(tmp_path / "cache"), "teacher.top_k": 4})
+    cache = TeacherCache(cache_main(overrides))
+    assert cache.meta["n_examples"] == 8  # 4 prompts x 2 generations, not the 4 gold rows
