@@ -237,6 +237,24 @@ class DistillConfig:
 
 
 @dataclass
+class GenerateConfig:
+    """Teacher generations for sequence-level KD (``task.targets=teacher``; farlab.teachers.generations): how the
+    teacher decodes the training prompts and where the keyed dataset lives (built once per key)."""
+
+    mode: str = "greedy"  # greedy | sample
+    n: int = 1  # generations per prompt (n > 1 needs mode=sample); each becomes one training row
+    temperature: float = 1.0  # sample mode only
+    top_p: float = 1.0  # sample mode only
+    max_new_tokens: Optional[int] = None  # null = task.generation.max_new_tokens
+    stop: list[str] = field(default_factory=lambda: ["\n"])  # a generation is cut at the first of these
+    seed: Optional[int] = None  # sample mode; null = the run's seed
+    batch_size: int = 16  # prompts per generate() call (in-process teacher)
+    dir: Optional[str] = None  # null = $FARLAB_GENERATIONS, else ~/.cache/farlab/generations
+    path: Optional[str] = None  # one explicit dataset folder (its key is checked); null = <dir>/<task>-<teacher>-<key>
+    build: bool = True  # train: build on first use when missing; false = refuse (python -m farlab.teachers.generate)
+
+
+@dataclass
 class WandbConfig:
     mode: str = "disabled"  # disabled | offline | online
     project: str = "farlab"
@@ -310,6 +328,7 @@ class FarlabConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluations beyond the task metric (lm-eval harness)
     rl: RLConfig = field(default_factory=RLConfig)  # the RL paradigm (farlab.rl); name none = SFT/KD
+    generate: GenerateConfig = field(default_factory=GenerateConfig)  # task.targets=teacher
     output_dir: Optional[str] = None  # None = Hydra's run dir
     paths: dict[str, Any] = field(default_factory=dict)
 

@@ -168,6 +168,11 @@ def _irrelevant(key: str) -> bool:
     return any(key == k or key.startswith(f"{k}.") for k in IRRELEVANT_KEYS)
 
 
+# Options added to task YAMLs after runs were stored: a stored config.yaml without one ran with this value.
+# (A key absent from the stored config and null now is the same experiment too: an option added later, off.)
+ADDED_OPTION_VALUES = {"task.targets": "gold"}
+
+
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: stored -> new`` for every leaf that differs, irrelevant keys left out (sorted)."""
     old, cur = _flatten(stored), _flatten(new)
@@ -175,6 +180,8 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]
     diffs = []
     for key in sorted(old.keys() | cur.keys()):
         a, b = old.get(key, missing), cur.get(key, missing)
+        if a is missing and (b is None or ADDED_OPTION_VALUES.get(key, missing) == b):
+            continue
         if a != b and not _irrelevant(key):
             show = ["(absent)" if v is missing else repr(v) for v in (a, b)]
             diffs.append(f"{key}: {show[0]} -> {show[1]}")

@@ -39,6 +39,7 @@ from farlab.report import print_summary
 from farlab.run_record import completed_run, run_record
 from farlab.teachers.backends import TEACHER_BACKENDS, PreparedTeacher
 from farlab.teachers.backends.accounting import TeacherComputeLog
+from farlab.teachers.generations import teacher_targets
 from farlab.teachers.strategies import TeacherContext, TeacherSettings, prepare_teacher
 from farlab.teachers.tokenizers import check_logit_widths, check_tokenizers, logit_width, vocab_aligner
 from farlab.trainer.callbacks import PeakMetrics
@@ -218,6 +219,9 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
     # a processor for vision-language pairs; model.pad_token for tokenizers that ship without one
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)
     data = build_task_data(cfg.task, tokenizer, cfg.seed, cfg.distill)  # + teacher prompts
+    data = teacher_targets(cfg.generate, TeacherContext(  # task.targets=teacher: the teacher's generations
+        TeacherSettings.from_run_config(cfg), None, data, tokenizer, attn, plan,
+        fine_tune=sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed)), prepare_teacher)
     log.info("task %s: %d train / %d eval rows (%s)", data.name, len(data.train), len(data.eval), data.eval_split_name)
     check_tokenizers(cfg.model, plan, tokenizer, data)  # model.teacher_tokenizer vs the student's
     harness = build_harness(cfg.eval.harness, tokenizer, cfg.paths.get("data"), data.task_kind,

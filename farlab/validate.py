@@ -17,6 +17,7 @@ from farlab.losses.plan import LossPlan
 from farlab.models.loading import model_problems
 from farlab.rl.checks import rl_problems
 from farlab.teachers.backends import teacher_problems
+from farlab.teachers.generations import generate_problems
 from farlab.teachers.strategies import strategy_problems
 from farlab.teachers.tokenizers import vocab_align_problems
 from farlab.trainer.fit import train_problems
@@ -45,6 +46,7 @@ def validate_config(cfg: DictConfig) -> LossPlan:
         *harness_problems(cfg.eval.harness, cfg.paths.get("data")),
         *context_problems(cfg.get("distill"), cfg.task, plan),
         *rl_problems(cfg),  # rl=grpo: rewards, generation batch, a generative student, the teacher's tokenizer
+        *generate_problems(cfg.generate, cfg.task, cfg.teacher.backend),
     ]
     if len(problems) == 1:
         raise ConfigError(problems[0])

@@ -20,6 +20,7 @@ from farlab.data import build_task_data
 from farlab.models.loading import load_tokenizer
 from farlab.teachers.backends.cache import prepare_cache
 from farlab.teachers.cache import TeacherCache
+from farlab.teachers.generations import teacher_targets
 from farlab.teachers.strategies import TeacherContext, TeacherSettings, prepare_teacher
 from farlab.trainer.sft import sft_fine_tuner
 from farlab.validate import validate_config
@@ -40,8 +41,10 @@ def main(argv: list[str] | None = None) -> Path | None:
     tokenizer = load_tokenizer(cfg.model.tokenizer, cfg.model.processor, cfg.model.pad_token)
     data = build_task_data(cfg.task, tokenizer, cfg.seed, cfg.get("distill"))  # + teacher prompts
     settings = TeacherSettings.from_run_config(cfg)
-    ctx = TeacherContext(settings, None, data, tokenizer, cfg.model.attn_implementation, plan,
-                         fine_tune=sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed))
+    fine_tune = sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed)
+    gold = TeacherContext(settings, None, data, tokenizer, cfg.model.attn_implementation, plan, fine_tune=fine_tune)
+    data = teacher_targets(cfg.generate, gold, prepare_teacher)  # task.targets=teacher: cache the generated rows
+    ctx = TeacherContext(settings, None, data, tokenizer, cfg.model.attn_implementation, plan, fine_tune=fine_tune)
     prepared = prepare_cache(ctx, prepare_teacher, force_build=True)
     cache: TeacherCache = prepared.info["cache"]
     print(f"teacher cache: {cache.path} ({cache.nbytes() / 1e6:.1f} MB, {cache.meta['rows']} rows, k={cache.k})")

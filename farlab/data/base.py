@@ -49,10 +49,20 @@ class TaskData:
     normalize: Callable[[str], str] | None = None  # text normaliser applied to predictions and references
     extra_eval: dict[str, datasets.Dataset] = field(default_factory=dict)  # more eval splits by name (farlab.eval.extra)
     info: dict[str, Any] = field(default_factory=dict)  # counts for logs and tests; nothing decides on these
+    # Rows an SFT teacher learns from when they differ from ``train`` (no transfer rows, no teacher-made targets).
+    sft_train: datasets.Dataset | None = None
+    # (example_id, target text) pairs -> a train split with those targets (task.targets=teacher); None = unsupported
+    retarget: Callable[[list[tuple[int, str]]], datasets.Dataset] | None = None
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def gold_only(self) -> TaskData:
+        """This task with its gold-labelled training rows only: what an SFT teacher is fine-tuned on."""
+        import dataclasses
+
+        return self if self.sft_train is None else dataclasses.replace(self, train=self.sft_train, sft_train=None)
 
     @property
     def task_kind(self) -> TaskKind:

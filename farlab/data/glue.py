@@ -15,6 +15,8 @@ import logging
 import math
 import random
 import sys
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -25,6 +27,7 @@ from transformers import DataCollatorWithPadding
 
 from farlab.errors import DataError
 from farlab.data.base import TaskData, check_eval_settings, typed_config
+from farlab.registry import Registry, unknown_choice_message
 
 csv.field_size_limit(sys.maxsize)
 log = logging.getLogger(__name__)
@@ -42,6 +45,22 @@ class GlueLayout:
     header: bool = True
     eval_files: list[str] = field(default_factory=lambda: ["dev.tsv"])  # first one that exists is the eval split
     train_file: str = "train.tsv"
+
+
+@dataclass
+class TransferConfig:
+    """A transfer set: training inputs without gold labels (Hinton et al.'s transfer set; DistilBERT, TinyBERT).
+
+    On its rows only the distillation terms apply; CE is masked (farlab.trainer.pair). Rows carry ``labels=-100``
+    and ``transfer=1``; they join the training split after the labelled rows, so a teacher cache covers them."""
+
+    source: Optional[str] = None  # null = off | rest (training rows train_limit/class_ratio left out) | file
+    file: Optional[str] = None  # source=file: a TSV (or one text per line with text_columns=[0], header=false)
+    text_columns: Optional[list[Any]] = None  # null = task.layout.text_columns
+    header: Optional[bool] = None  # null = task.layout.header
+    # Fraction of the training set that are transfer rows (so of each shuffled batch, in expectation):
+    # round(n_labelled * ratio / (1 - ratio)) seeded rows; null = every available row.
+    ratio: Optional[float] = None
 
 
 @dataclass
@@ -67,6 +86,7 @@ class GlueTaskConfig:
     # the prompt around the text ({text}; {text_b} for pairs). Classification runs ignore both.
     label_words: Optional[list[str]] = None
     prompt_template: str = "{text}\nAnswer:"
+    transfer: TransferConfig = field(default_factory=TransferConfig)  # inputs without labels: distillation only
 
 
 def typed_task_config(task_cfg: DictConfig) -> GlueTaskConfig:
@@ -90,6 +110,7 @@ class GlueHandler:
             if cfg.extra_eval_files:
                 raise DataError(f"task.extra_eval_files={list(cfg.extra_eval_files)} needs task.data_dir (local "
                                 f"files); task {cfg.name!r} reads the hub ({cfg.hub_name})")
+            transfer_problems(cfg.transfer)
             return
         data_dir = Path(cfg.data_dir)
         train = data_dir / layout.train_file
@@ -99,11 +120,13 @@ class GlueHandler:
                 f"{layout.train_file} in GLUE's layout (eval split: {' or '.join(layout.eval_files)}, optional)"
             )
         _check_extra_files(cfg, layout, data_dir)
+        transfer_problems(cfg.transfer)
 
     def build(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> TaskData:
         cfg = typed_task_config(task_cfg)
         layout = self._layout(cfg)
-        train_rows, eval_rows, eval_name = self.rows(cfg, layout, seed)
+        train_rows, eval_rows, eval_name, all_train = self.rows(cfg, layout, seed)
+        transfer = transfer_rows(cfg, layout, all_train, train_rows, seed)
         extra = {
             Path(name).stem: _tokenize(
                 _seeded_subset(read_glue_tsv(Path(cfg.data_dir) / name, layout), cfg.eval_limit, seed),
@@ -112,13 +135,18 @@ class GlueHandler:
             )
             for name in cfg.extra_eval_files
         }
+        # example_id: the row's index, so a teacher cache can look the row up (models never see it)
+        labelled = _tokenize(train_rows, tokenizer, cfg.max_length).add_column("example_id", list(range(len(train_rows))))
+        train = labelled
+        if transfer:
+            flag = [0] * len(train_rows) + [1] * len(transfer)
+            train = _tokenize(train_rows + transfer, tokenizer, cfg.max_length).add_column(
+                "example_id", list(range(len(flag)))).add_column("transfer", flag)
         return TaskData(
             name=cfg.name,
             kind="classification",
-            # example_id: the row's index, so a teacher cache can look the row up (models never see it)
-            train=_tokenize(train_rows, tokenizer, cfg.max_length).add_column(
-                "example_id", list(range(len(train_rows)))
-            ),
+            train=train,
+            sft_train=labelled if transfer else None,  # an SFT teacher learns from the labelled rows only
             eval=_tokenize(eval_rows, tokenizer, cfg.max_length),
             collator=DataCollatorWithPadding(tokenizer),
             label_names=list(layout.labels),
@@ -130,21 +158,24 @@ class GlueHandler:
                 "train_rows": len(train_rows),
                 "eval_rows": len(eval_rows),
                 "train_class_counts": _class_counts(train_rows, layout.labels),
+                "transfer_rows": len(transfer),
             },
             extra_eval=extra,
         )
 
-    def rows(self, cfg: GlueTaskConfig, layout: GlueLayout, seed: int) -> tuple[list[Row], list[Row], str]:
-        """The run's train rows (limit or class ratio applied), eval rows (limit applied) and eval split name."""
-        train_rows, eval_rows, eval_name = self._load_rows(cfg, layout, seed)
+    def rows(self, cfg: GlueTaskConfig, layout: GlueLayout,
+             seed: int) -> tuple[list[Row], list[Row], str, list[Row]]:
+        """The run's train rows (limit or class ratio applied), eval rows (limit applied), eval split name, and
+        the whole training split (what a transfer set draws its unused rows from)."""
+        all_train, eval_rows, eval_name = self._load_rows(cfg, layout, seed)
         if cfg.class_ratio is None:
-            train_rows = _seeded_subset(train_rows, cfg.train_limit, seed)
+            train_rows = _seeded_subset(all_train, cfg.train_limit, seed)
         else:
-            train_rows = class_ratio_subset(train_rows, cfg.class_ratio, seed, cfg.train_limit, layout.labels)
+            train_rows = class_ratio_subset(all_train, cfg.class_ratio, seed, cfg.train_limit, layout.labels)
         eval_rows = _seeded_subset(eval_rows, cfg.eval_limit, seed)
         if not train_rows or not eval_rows:
             raise DataError(f"task {cfg.name!r}: empty split (train {len(train_rows)}, eval {len(eval_rows)} rows)")
-        return train_rows, eval_rows, eval_name
+        return train_rows, eval_rows, eval_name, all_train
 
     def rl_problems(self, task_cfg: DictConfig) -> list[str]:
         from farlab.data.glue_generation import verbaliser_problems  # local: glue_generation imports this module
@@ -291,6 +322,89 @@ def _class_counts(rows: list[Row], labels: tuple[str, ...]) -> dict[str, int]:
     for _, label in rows:
         counts[label] += 1
     return dict(zip(labels, counts))
+
+
+# --------------------------------------------------------------------------------------------------
+# Transfer sets
+# --------------------------------------------------------------------------------------------------
+
+NO_LABEL = -100  # the label of a transfer row: ignored by every CE (and masked explicitly by the trainer)
+
+
+def transfer_problems(transfer: TransferConfig) -> None:
+    """Cheap checks of ``task.transfer`` (files exist, a known source, a ratio in (0, 1))."""
+    if transfer.source is None:
+        return
+    if transfer.source not in TRANSFER_SOURCES:
+        raise DataError(unknown_choice_message("task.transfer.source", transfer.source, TRANSFER_SOURCES.names()))
+    if transfer.ratio is not None and not 0 < transfer.ratio < 1:
+        raise DataError(f"task.transfer.ratio={transfer.ratio} must be in (0, 1) (the fraction of training rows "
+                        "that are transfer rows) or null (every available row)")
+    if transfer.source == "file" and (transfer.file is None or not Path(transfer.file).is_file()):
+        raise DataError(f"task.transfer.file={transfer.file!r} not found (task.transfer.source=file reads it)")
+
+
+def _rest(cfg: GlueTaskConfig, layout: GlueLayout, all_train: list[Row], labelled: list[Row]) -> list[Row]:
+    """The training rows not kept as labelled ones (a multiset difference: duplicate sentences count apart)."""
+    left = Counter(labelled)
+    rest = []
+    for row in all_train:
+        if left[row]:
+            left[row] -= 1
+        else:
+            rest.append(row)
+    return rest
+
+
+def _file(cfg: GlueTaskConfig, layout: GlueLayout, all_train: list[Row], labelled: list[Row]) -> list[Row]:
+    """Texts of a TSV file (columns: task.transfer.text_columns or the task's); no label column is read."""
+    transfer = cfg.transfer
+    columns = list(transfer.text_columns or layout.text_columns)
+    header = layout.header if transfer.header is None else transfer.header
+    path = Path(str(transfer.file))
+    rows: list[Row] = []
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        names = next(reader, None) if header else None
+        index = [_column_index(c, names, path) for c in columns]
+        for line_no, fields in enumerate(reader, start=2 if header else 1):
+            if not fields:
+                continue
+            if len(fields) <= max(index):
+                raise DataError(f"{path}:{line_no}: expected at least {max(index) + 1} tab-separated fields, "
+                                f"got {len(fields)} (task.transfer.text_columns={columns})")
+            rows.append((tuple(fields[c].strip() for c in index), NO_LABEL))
+    if len(columns) != len(layout.text_columns):
+        raise DataError(f"task.transfer.text_columns={columns}: task {cfg.name!r} takes "
+                        f"{len(layout.text_columns)} text column(s)")
+    return rows
+
+
+TRANSFER_SOURCES: Registry[Callable[[GlueTaskConfig, GlueLayout, list[Row], list[Row]], list[Row]]] = Registry(
+    "task.transfer.source")
+TRANSFER_SOURCES.add("rest", _rest)
+TRANSFER_SOURCES.add("file", _file)
+
+
+def transfer_rows(cfg: GlueTaskConfig, layout: GlueLayout, all_train: list[Row], labelled: list[Row],
+                  seed: int) -> list[Row]:
+    """The transfer set's rows (label :data:`NO_LABEL`): a seeded choice sized by ``task.transfer.ratio``."""
+    transfer = cfg.transfer
+    if transfer.source is None:
+        return []
+    pool = [(texts, NO_LABEL) for texts, _ in TRANSFER_SOURCES.get(transfer.source)(cfg, layout, all_train, labelled)]
+    random.Random(seed + 1).shuffle(pool)  # seeded; + 1: not the permutation that picked the labelled rows
+    wanted = len(pool) if transfer.ratio is None else round(len(labelled) * transfer.ratio / (1 - transfer.ratio))
+    if wanted > len(pool):
+        most = len(pool) / (len(pool) + len(labelled))
+        raise DataError(f"task.transfer.ratio={transfer.ratio} needs {wanted} transfer rows next to {len(labelled)} "
+                        f"labelled ones, but task.transfer.source={transfer.source} has {len(pool)} (ratio at most "
+                        f"{most:.4f}; null = all of them)")
+    if not wanted:
+        raise DataError(f"task.transfer.source={transfer.source} gives no transfer rows for task {cfg.name!r}")
+    log.info("task.transfer: %d %s rows without labels next to %d labelled (%.1f%% of training rows)", wanted,
+             transfer.source, len(labelled), 100 * wanted / (wanted + len(labelled)))
+    return pool[:wanted]
 
 
 def _check_extra_files(cfg: GlueTaskConfig, layout: GlueLayout, data_dir: Path) -> None:

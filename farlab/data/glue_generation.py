@@ -89,7 +89,7 @@ def verbalised_task(handler: GlueHandler, cfg: GlueTaskConfig, tokenizer: Any,
     if tokenizer.eos_token_id is None or tokenizer.pad_token_id is None:
         raise DataError("GLUE as generation needs a tokenizer with eos and pad tokens (a decoder's tokenizer)")
     layout = handler._layout(cfg)
-    train_rows, eval_rows, eval_name = handler.rows(cfg, layout, seed)
+    train_rows, eval_rows, eval_name, _ = handler.rows(cfg, layout, seed)
     words = list(cfg.label_words or [])
 
     def prompt(row: Row) -> str:

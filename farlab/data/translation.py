@@ -43,12 +43,14 @@ class TranslationTaskConfig:
     eval_split: str = "validation"  # validation | test
     train_limit: Optional[int] = None
     eval_limit: Optional[int] = None
+    targets: str = "gold"  # gold | teacher: train on the teacher's generations (farlab.teachers.generations)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf"])
     primary_metric: Optional[str] = "bleu"
 
 
 Pair = tuple[str, str]
+TARGETS = ("gold", "teacher")
 
 
 class TranslationHandler:
@@ -64,6 +66,9 @@ class TranslationHandler:
         if unknown:
             raise DataError(f"task.prompt_template uses unknown fields {sorted(unknown)}; valid: source, source_lang, target_lang")
         check_eval_settings(cfg.metrics, cfg.primary_metric, cfg.eval_split)
+        if cfg.targets not in TARGETS:
+            raise DataError(f"task.targets={cfg.targets!r}; valid: {', '.join(TARGETS)} (teacher: the teacher's "
+                            "generations for the training prompts, see docs/distillation_setups.md)")
         if cfg.source_file is None and cfg.hub_name is None:
             raise DataError(f"task {cfg.name!r}: set task.source_file and task.target_file, or task.hub_name")
         if cfg.source_file is not None:
@@ -91,6 +96,9 @@ class TranslationHandler:
                                   use_chat_template=chat)
             teacher = PromptEncoder(teacher_cfg, tokenizer, teacher_prompt.context, teacher_prompt.inline)
         encoder = PromptEncoder(cfg, tokenizer, teacher=teacher)
+        # example_id: the row's index, so a teacher cache can look the row up (models never see it)
+        rows = [{**encoder.training_example(s, t), "example_id": i} for i, (s, t) in enumerate(train)]
+        prompts = [r["input_ids"][: r["labels"].count(-100)] for r in rows]  # what a generating teacher is shown
         extra_eval = {}
         if teacher is not None:  # the eval prompts as the teacher sees them: how much the context helps
             extra_eval[f"{cfg.eval_split}_with_context"] = datasets.Dataset.from_list(
@@ -98,10 +106,7 @@ class TranslationHandler:
         return TaskData(
             name=cfg.name,
             kind="causal_lm",
-            # example_id: the row's index, so a teacher cache can look the row up (models never see it)
-            train=datasets.Dataset.from_list(
-                [{**encoder.training_example(s, t), "example_id": i} for i, (s, t) in enumerate(train)]
-            ),
+            train=datasets.Dataset.from_list(rows),
             eval=datasets.Dataset.from_list([encoder.eval_example(s, t) for s, t in evaluation]),
             collator=CausalLMCollator(tokenizer.pad_token_id),
             label_names=[],
@@ -116,6 +121,9 @@ class TranslationHandler:
             },
             generation=cfg.generation,
             extra_eval=extra_eval,
+            retarget=lambda targets: datasets.Dataset.from_list(
+                [{**encoder.answer_example(prompts[e], text), "example_id": i} for i, (e, text) in enumerate(targets)]
+            ),
         )
 
     def rl_data(self, task_cfg: DictConfig, tokenizer: Any, seed: int) -> tuple[TaskData, datasets.Dataset]:
@@ -209,19 +217,17 @@ class PromptEncoder:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(f"{self.context}\n\n{text}" if prefix else text)["input_ids"]
 
-    def training_example(self, source: str, target: str) -> dict[str, list[int]]:
+    def _answer(self, target: str) -> list[int]:
         # after "Target:" a space separates; a chat template's assistant turn starts right after its header
         lead = "" if self.cfg.use_chat_template else " "
-        answer = self.tokenizer(lead + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+        return self.tokenizer(lead + target, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id]
+
+    def training_example(self, source: str, target: str) -> dict[str, list[int]]:
         limit = self.cfg.max_length
-        kept, prompt = self._fit(source, limit - min(len(answer), limit // 2))
-        answer = answer[: limit - len(prompt)]
-        row = {
-            "input_ids": prompt + answer,
-            "attention_mask": [1] * (len(prompt) + len(answer)),
-            "labels": [-100] * len(prompt) + answer,
-        }
+        kept, prompt = self._fit(source, limit - min(len(self._answer(target)), limit // 2))
+        row = self.answer_example(prompt, target)
         if self.teacher is not None:  # the same (possibly cut) source and answer; the context is never cut
+            answer = row["labels"][len(prompt):]
             teacher_prompt = self.teacher.prompt_ids(kept)
             row |= {
                 "teacher_input_ids": teacher_prompt + answer,
@@ -229,6 +235,15 @@ class PromptEncoder:
                 "teacher_labels": [-100] * len(teacher_prompt) + answer,
             }
         return row
+
+    def answer_example(self, prompt: list[int], target: str) -> dict[str, list[int]]:
+        """``prompt`` (kept whole) + the target's tokens + eos, cut at max_length; labels mask the prompt."""
+        answer = self._answer(target)[: self.cfg.max_length - len(prompt)]
+        return {
+            "input_ids": prompt + answer,
+            "attention_mask": [1] * (len(prompt) + len(answer)),
+            "labels": [-100] * len(prompt) + answer,
+        }
 
     def eval_example(self, source: str, target: str, with_context: bool = False) -> dict[str, Any]:
         kept, prompt = self._fit(source, self.cfg.max_length // 2)

@@ -17,7 +17,7 @@ from farlab.data.context import TEACHER_PREFIX
 from farlab.losses.base import ModelView
 from farlab.losses.response import chunked_lm_cross_entropy
 
-BATCH_METADATA = ("example_id",)  # batch keys that are bookkeeping, never model inputs
+BATCH_METADATA = ("example_id", "transfer")  # bookkeeping keys, never model inputs (transfer: 1 = no gold label)
 
 
 def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -296,6 +296,32 @@ class CompletionsClient:
         groups = [sequences[i : i + step] for i in range(0, len(sequences), step)]
         return [r for group in self.pool.map(lambda g: self.prompt_topk_request(g, k), groups) for r in group]
 
+    def generate_one(self, ids: list[int], n: int, max_tokens: int, temperature: float, top_p: float = 1.0,
+                     seed: int | None = None, stop: list[str] | None = None) -> list[str]:
+        """``n`` completions of one token-id prompt (temperature 0 = greedy), in choice-index order."""
+        body: dict[str, Any] = {"model": self.model, "prompt": list(ids), "max_tokens": max_tokens,
+                                "temperature": temperature, "n": n}
+        if temperature > 0:
+            body["top_p"] = top_p
+            if seed is not None:
+                body["seed"] = seed
+        if stop:
+            body["stop"] = list(stop)
+        choices = self._request("POST", "/completions", body).get("choices") or []
+        if len(choices) != n:
+            raise TeacherServerError(f"the teacher server answered {len(choices)} choices for n={n}")
+        return [str(c.get("text") or "") for c in sorted(choices, key=lambda c: c.get("index", 0))]
+
+    def generate(self, prompts: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float = 1.0,
+                 seed: int | None = None, stop: list[str] | None = None) -> list[list[str]]:
+        """Completions of each prompt (``/v1/completions``), ``concurrency`` requests in flight; prompt i is
+        sampled with ``seed + i`` so a rebuild gives the same texts on servers that honour ``seed`` (vLLM)."""
+        def one(i: int) -> list[str]:
+            return self.generate_one(prompts[i], n, max_tokens, temperature, top_p,
+                                     None if seed is None else seed + i, stop)
+
+        return list(self.pool.map(one, range(len(prompts))))
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()

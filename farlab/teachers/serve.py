@@ -8,7 +8,8 @@ For users without vLLM, and for the tests (a real HTTP server process). Endpoint
 ``GET /v1/models``, ``POST /v1/completions`` with ``prompt`` as text, token ids, or a list of either;
 ``echo``, ``logprobs`` (top-k per echoed/generated token, OpenAI legacy shape), ``prompt_logprobs`` (vLLM's
 extension: ``[None, {"<id>": {"logprob", "rank", "decoded_token"}}, ...]``, top-k plus the prompt's own token),
-``max_tokens`` (greedy at ``temperature`` 0, else sampled). Log-probs are ``log_softmax`` of the raw logits
+``max_tokens`` (greedy at ``temperature`` 0, else sampled with ``top_p``), ``n`` completions per prompt
+(choice ``p * n + j``, vLLM's order) and ``seed`` (sample ``j`` uses ``seed + j``). Log-probs are ``log_softmax`` of the raw logits
 (T = 1), as vLLM returns them; requests over ``--max-logprobs`` get vLLM's 400 error. One forward at a time
 (a lock), requests handled on threads. Prints ``serving <name> on http://host:port/v1`` once listening.
 """
@@ -78,11 +79,15 @@ class LogprobModel:
         self._check_k("sample", k_echo)
         self._check_k("prompt", k_prompt)
         max_tokens, temperature = int(body.get("max_tokens") or 16), float(body.get("temperature", 1.0) or 0.0)
+        n, seed, top_p = int(body.get("n") or 1), body.get("seed"), float(body.get("top_p") or 1.0)
         choices = []
-        for index, ids in enumerate(prompts):
-            with self.lock, torch.no_grad():
-                generated, gen_logprobs = self._generate(ids, max_tokens, temperature)
-            choices.append(self._choice(index, ids, generated, gen_logprobs, echo, k_echo, k_prompt))
+        for p, ids in enumerate(prompts):  # vLLM's order: choice p * n + j is sample j of prompt p
+            for j in range(n):
+                with self.lock, torch.no_grad():
+                    if seed is not None:
+                        torch.manual_seed(int(seed) + j)
+                    generated, gen_logprobs = self._generate(ids, max_tokens, temperature, top_p)
+                choices.append(self._choice(p * n + j, ids, generated, gen_logprobs, echo, k_echo, k_prompt))
         n_prompt = sum(len(p) for p in prompts)
         n_gen = sum(len(c["_generated"]) for c in choices)
         for c in choices:
@@ -93,13 +98,14 @@ class LogprobModel:
             "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_gen, "total_tokens": n_prompt + n_gen},
         }
 
-    def _generate(self, ids: list[int], max_tokens: int, temperature: float) -> tuple[list[int], torch.Tensor]:
-        """Greedy/sampled continuation; returns it and the log-probs of every position (prompt + generated)."""
+    def _generate(self, ids: list[int], max_tokens: int, temperature: float,
+                  top_p: float = 1.0) -> tuple[list[int], torch.Tensor]:
+        """Greedy/sampled (nucleus ``top_p``) continuation; returns it and the log-probs of every position."""
         seq = list(ids)
         for _ in range(max_tokens):
             logits = self.model(torch.tensor([seq])).logits[0, -1].float()
-            nxt = int(torch.multinomial(torch.softmax(logits / temperature, -1), 1)) if temperature > 0 \
-                else int(logits.argmax())
+            nxt = int(torch.multinomial(_nucleus(torch.softmax(logits / temperature, -1), top_p), 1)) \
+                if temperature > 0 else int(logits.argmax())
             seq.append(nxt)
             if nxt == self.tokenizer.eos_token_id:
                 break
@@ -110,7 +116,8 @@ class LogprobModel:
                 k_echo: int | None, k_prompt: int | None) -> dict[str, Any]:
         seq = ids + generated
         choice: dict[str, Any] = {"index": index, "finish_reason": "length", "_generated": generated,
-                                  "text": self.tokenizer.decode(seq if echo else generated), "stop_reason": None}
+                                  "text": self.tokenizer.decode(seq if echo else generated, skip_special_tokens=not echo),
+                                  "stop_reason": None}
         if k_prompt is not None:
             # Row j: distribution of token j given tokens < j, i.e. the logits at j - 1; nothing predicts token 0.
             choice["prompt_logprobs"] = [None] + [
@@ -134,6 +141,15 @@ class LogprobModel:
                 "text_offset": offsets,
             }
         return choice
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose mass reaches ``top_p`` (1.0 = all)."""
+    if top_p >= 1.0:
+        return probs
+    values, order = probs.sort(descending=True)
+    keep = values.cumsum(-1) - values < top_p  # a token stays while the mass before it is below top_p
+    return torch.zeros_like(probs).scatter(-1, order, values * keep)
 
 
 def make_handler(model: LogprobModel, verbose: bool = False) -> type[BaseHTTPRequestHandler]:

@@ -93,11 +93,16 @@ def _sft(ctx: TeacherContext) -> PreTrainedModel:
         model, lora = ctx.base(), cfg.model.teacher.lora
         if lora.r > 0:  # LoRA fine-tuning; fine_tune merges the adapters into the saved weights
             model = apply_lora(model, lora, ctx.data.kind)
-        ctx.fine_tune(model, ctx.data, ctx.tokenizer, out)
+        ctx.fine_tune(model, ctx.data.gold_only(), ctx.tokenizer, out)  # no transfer/generated rows
 
     path, _ = store.get_or_train(name, material, train)
     kwargs = {"attn_implementation": ctx.attn_implementation} if ctx.attn_implementation else {}
     return head_for(ctx.data).auto_class.from_pretrained(path, dtype=torch_dtype(cfg.model.teacher), **kwargs)
+
+
+# Task fields that add training rows the SFT teacher never sees (it learns from the gold-labelled rows only), so
+# a run with them shares the store entry of the plain run.
+UNUSED_BY_SFT = ("targets", "transfer")
 
 
 def sft_store_name(settings: TeacherSettings) -> str:
@@ -115,7 +120,8 @@ def sft_store_material(settings: TeacherSettings) -> dict[str, Any]:
     if teacher.get("dtype") == DEFAULT_DTYPE:
         del teacher["dtype"]
     material = {
-        "task": OmegaConf.to_container(settings.task, resolve=True),
+        "task": {k: v for k, v in OmegaConf.to_container(settings.task, resolve=True).items()
+                 if k not in UNUSED_BY_SFT},
         "teacher": teacher,
         "tokenizer": settings.model.tokenizer,
         "seed": settings.seed,

@@ -81,14 +81,15 @@ class DistillationModule(nn.Module):
             batch = with_teacher_prompts(batch, sampled, self.on_policy.pad_token_id)  # + the teacher's context
         self.batches_seen += 1
         self.on_policy_batches += int(on_policy)
-        ce, student_view = run_model(self.student, batch, flags, self.chunk_size)
-        ce = ce if not on_policy else ce * 0.0  # no CE on its own samples
+        ce_batch = gold_rows(batch)  # transfer rows (no gold label) never reach CE
+        ce, student_view = run_model(self.student, ce_batch, flags, self.chunk_size)
+        ce = ce if not on_policy or ce is None else ce * 0.0  # no CE on its own samples
         if self.teacher_backend is None or not objective.needs_teacher:
             return objective(None, ce, step, max_steps)
 
         teacher_batch = teacher_side(batch)  # the batch itself unless the teacher has its own prompt (distill.context)
         teacher = self.teacher_backend(
-            teacher_batch,
+            teacher_side(ce_batch if self.teacher_trainable else batch),  # a co-trained teacher's CE skips transfer rows
             hidden_states=flags["output_hidden_states"],
             attentions=flags["output_attentions"],
             grad=self.teacher_trainable,
@@ -110,6 +111,23 @@ class DistillationModule(nn.Module):
             total = total + self.teacher_ce_weight * teacher.loss
             parts["teacher_ce"] = float(teacher.loss.detach())
         return total, parts
+
+
+def gold_rows(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The batch as CE sees it: transfer rows (``transfer == 1``, no gold label) get labels -100, which every CE
+    ignores; a batch of transfer rows only loses its labels (CE = 0, not the NaN of a mean over nothing). The
+    masks of the distillation terms are taken from the batch itself, so transfer rows keep every KD term."""
+    flag = batch.get("transfer")
+    if flag is None or "labels" not in batch or not bool(flag.any()):
+        return batch
+    out = dict(batch)
+    if bool(flag.all()):
+        del out["labels"]
+        return out
+    labels = batch["labels"].clone()
+    labels[flag.bool()] = -100
+    out["labels"] = labels
+    return out
 
 
 def parameter_fingerprint(model: nn.Module) -> str:

@@ -25,7 +25,8 @@ def entry_points() -> list[str]:
 
 
 def test_the_known_commands_are_found():
-    assert {"farlab.train", "farlab.collect", "farlab.teachers.cache", "farlab.teachers.serve"} <= set(entry_points())
+    assert {"farlab.train", "farlab.collect", "farlab.teachers.cache", "farlab.teachers.serve",
+            "farlab.teachers.generate"} <= set(entry_points())
 
 
 @pytest.mark.parametrize("module", entry_points())
