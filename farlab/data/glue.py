@@ -25,8 +25,8 @@ import datasets
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from farlab.errors import DataError
 from farlab.data.base import TaskData, check_eval_settings, typed_config
+from farlab.errors import DataError
 from farlab.registry import Registry, unknown_choice_message
 
 csv.field_size_limit(sys.maxsize)

@@ -15,13 +15,14 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedModel
 
+from farlab.data.context import align_view, teacher_side, with_teacher_prompts
+from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import DistillBatch
 from farlab.losses.objective import DistillationObjective
 from farlab.models.forward import run_model
-from farlab.data.context import align_view, teacher_side, with_teacher_prompts
-from farlab.data.kinds import TASK_KINDS
 from farlab.teachers.backends.base import TeacherBackend
 from farlab.teachers.backends.hf import HFBackend
+
 
 class DistillationModule(nn.Module):
     # The Trainer must scale our loss for gradient accumulation itself.
