@@ -62,7 +62,8 @@ class TextCodec:
         if self.bos is None or not ids or ids[0] != self.bos:
             raise TeacherServerError(
                 f"teacher.openai.prompt_format=text needs sequences that start with BOS (id {self.bos}); this one "
-                f"starts with {ids[:1]}: a text-only server adds BOS itself, so it would score another sequence"
+                f"starts with {ids[:1]}: a text-only server adds BOS itself, so it would score another sequence "
+                "(a prompt cut from the left by task.max_length loses its BOS: raise task.max_length)"
             )
         return self.tokenizer.decode(ids[1:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
