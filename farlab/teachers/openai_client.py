@@ -5,6 +5,8 @@ echo+logprobs onto it anyway), ``max_tokens=1`` (the servers refuse 0 or need a 
 request by default, ``concurrency`` requests in flight; ``prompts_per_request > 1`` sends a list of token-id
 prompts per request instead (one choice per prompt, matched by its ``index``), which saves round trips to a
 remote server. Works with vLLM, sglang's OpenAI layer and ``python -m farlab.teachers.serve``.
+Text-only servers (llama-cpp-python): ``prompt_format=text`` sends the decoded text instead
+(:mod:`farlab.teachers.openai_text`).
 
 Known quirks, and what this client does about them:
 

@@ -43,7 +43,7 @@ class TextStats:
 class TextCodec:
     """Turns student ids into a text prompt and a text-keyed answer back into ids, for one tokenizer."""
 
-    def __init__(self, tokenizer: Any, extra: int = 4) -> None:
+    def __init__(self, tokenizer: Any, extra: int = 8) -> None:
         self.tokenizer, self.extra = tokenizer, extra
         self.bos = tokenizer.bos_token_id
         self.texts = [self.render(i) for i in range(len(tokenizer))]

@@ -1,6 +1,6 @@
 """``teacher.backend=openai``: teacher top-k prompt logprobs from an OpenAI-compatible server (vLLM, sglang,
-``python -m farlab.teachers.serve``). Decoder-only tasks, response losses only: a server returns no hidden
-states or attention maps. Quirks and the client-side temperature: :mod:`farlab.teachers.openai_client`.
+``python -m farlab.teachers.serve``; llama-cpp-python with ``prompt_format=text``). Decoder-only tasks, response
+losses only: a server returns no hidden states or attention maps. Quirks and the client-side temperature: :mod:`farlab.teachers.openai_client`.
 """
 
 from __future__ import annotations
