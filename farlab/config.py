@@ -138,6 +138,8 @@ class OpenAIBackendConfig:
     max_backoff_s: float = 8.0
     concurrency: int = 8  # requests in flight at once
     prompts_per_request: int = 1  # >1 packs sequences into one request's prompt list (vLLM batches them)
+    prompt_format: str = "ids"  # ids | text (text-only servers such as llama-cpp-python; docs/teachers.md)
+    text_extra_logprobs: int = 8  # text: ask for top_k + this many, as entries several ids share are left out
 
 
 @dataclass

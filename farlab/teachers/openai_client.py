@@ -5,6 +5,8 @@ echo+logprobs onto it anyway), ``max_tokens=1`` (the servers refuse 0 or need a 
 request by default, ``concurrency`` requests in flight; ``prompts_per_request > 1`` sends a list of token-id
 prompts per request instead (one choice per prompt, matched by its ``index``), which saves round trips to a
 remote server. Works with vLLM, sglang's OpenAI layer and ``python -m farlab.teachers.serve``.
+Text-only servers (llama-cpp-python): ``prompt_format=text`` sends the decoded text instead
+(:mod:`farlab.teachers.openai_text`).
 
 Known quirks, and what this client does about them:
 
@@ -33,7 +35,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -62,6 +64,7 @@ class PromptTopK:
     ids: np.ndarray  # int64 [L, k]
     logprobs: np.ndarray  # float32 [L, k]
     tokens: list[str | None]  # what the server says token j is (for the tokenizer check); None when absent
+    missing: list[int] = field(default_factory=list)  # rows the server never returns (text prompts without BOS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,6 +188,7 @@ class CompletionsClient:
         decode: Callable[[int], str] | None = None,
         token_to_id: Callable[[str], int | None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        text_codec: Any = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -195,6 +199,7 @@ class CompletionsClient:
         self.prompts_per_request = prompts_per_request
         self.decode, self.token_to_id, self.sleep = decode, token_to_id or (lambda _: None), sleep
         self._model = model
+        self.text_codec = text_codec  # a farlab.teachers.openai_text.TextCodec: text prompts (prompt_format=text)
         self.retries = 0  # total retries so far (logged; tests read it)
 
     # ---- plumbing ---------------------------------------------------------------------------------
@@ -235,8 +240,9 @@ class CompletionsClient:
         if _refuses_token_ids(response):
             text = "the prompt must be a string (token-id prompts refused)"
             hint = (" This server takes text prompts only (llama-cpp-python's server does, and answers HTTP 500); "
-                    "farlab sends token ids so the teacher scores exactly the student's tokens: serve the teacher "
-                    "with vLLM, sglang or `python -m farlab.teachers.serve` (docs/teachers.md)")
+                    "farlab sends token ids so the teacher scores exactly the student's tokens: set "
+                    "teacher.openai.prompt_format=text (text prompts, checked against the ids), or serve the "
+                    "teacher with vLLM, sglang or `python -m farlab.teachers.serve` (docs/teachers.md)")
         elif "max allowed" in text or "max_logprobs" in text:
             hint = (" vLLM caps logprobs at --max-logprobs (default 20): relaunch it with --max-logprobs K, or "
                     "lower teacher.top_k")
@@ -258,6 +264,8 @@ class CompletionsClient:
 
     def prompt_topk_request(self, prompts: list[list[int]], k: int) -> list[PromptTopK]:
         """One request for ``prompts`` (a bare id list when there is one, as every server accepts that)."""
+        if self.text_codec is not None:
+            return self._text_request(prompts, k)
         body = {
             "model": self.model,
             "prompt": list(prompts[0]) if len(prompts) == 1 else [list(ids) for ids in prompts],
@@ -277,6 +285,28 @@ class CompletionsClient:
             )
         by_index = sorted(choices, key=lambda c: c.get("index", 0))
         return [self._parse_choice(choice, list(ids), k) for choice, ids in zip(by_index, prompts)]
+
+    def _text_request(self, prompts: list[list[int]], k: int) -> list[PromptTopK]:
+        """``prompt_format=text``: decoded text prompts, answers mapped back onto the ids we sent."""
+        codec = self.text_codec
+        texts = [codec.prompt(list(ids)) for ids in prompts]
+        body = {
+            "model": self.model,
+            "prompt": texts[0] if len(texts) == 1 else texts,
+            "max_tokens": 1,  # llama-cpp-python reads 0 as "until the context is full"
+            "temperature": 1.0,
+            "echo": True,
+            "logprobs": k + codec.extra,  # room for entries whose text several ids share (left out)
+        }
+        choices = self._request("POST", "/completions", body).get("choices") or []
+        if len(choices) != len(prompts):
+            raise TeacherServerError(
+                f"the teacher server answered {len(choices)} choices for {len(prompts)} text prompts"
+                + ("; llama-cpp-python takes one prompt per request: set teacher.openai.prompts_per_request=1"
+                   if len(prompts) > 1 else "")
+            )
+        by_index = sorted(choices, key=lambda c: c.get("index", 0))
+        return [codec.parse(choice, list(ids), k) for choice, ids in zip(by_index, prompts)]
 
     def _parse_choice(self, choice: dict[str, Any], ids: list[int], k: int) -> PromptTopK:
         for name in FORMAT_PREFERENCE:

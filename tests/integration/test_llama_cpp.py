@@ -5,6 +5,8 @@
 2. Its OpenAI-compatible server (``python -m llama_cpp.server``) serving that GGUF: its echoed prompt logprobs
    are torch's log-softmax (with its quirks recorded), and farlab's ``teacher=openai`` backend, which sends token-id
    prompts, is refused by it (text prompts only) with a clear error after one request.
+3. With ``teacher.openai.prompt_format=text`` it is a farlab KD teacher: the rows it gives are the in-process
+   model's top-k (over the ids its token texts identify) at the aligned positions, and a KD run completes.
 
 Skipped when llama-cpp-python is not installed (``pip install 'farlab[llamacpp]'``; it compiles llama.cpp).
 """
@@ -152,3 +154,72 @@ def test_farlab_refuses_the_llama_cpp_server_as_teacher_with_the_reason(gguf_run
         execute(compose_cfg(overrides), tmp_path / "kd", overrides)
     assert time.monotonic() - start < 120
     assert json.loads((tmp_path / "kd" / "run_metadata.json").read_text())["status"] == "failed"
+
+
+def _text_teacher_overrides(run: Path, store: Path, base_url: str) -> list[str]:
+    return tiny_overrides(store, **{
+        "task": "europarl_en_fr", "model": "tiny_llama", "loss": "response_kl", "teacher_strategy": "frozen_base",
+        "task.train_limit": 8, "task.eval_limit": 2, "task.generation.max_new_tokens": 2, "task.max_length": 96,
+        "train.max_steps": 2, "train.save_steps": 2, "train.batch_size": 4, "teacher": "openai",
+        "teacher.openai.base_url": base_url, "teacher.openai.concurrency": 1, "teacher.openai.max_retries": 0,
+        "teacher.openai.prompt_format": "text", "teacher.openai.text_extra_logprobs": 16, "teacher.top_k": 5,
+        "loss.components.response.topk_tail": "bucket",
+        "model.teacher.source": "pretrained", "model.teacher.path": str(run / "final")})
+
+
+def test_llama_cpp_server_as_a_text_prompt_teacher_gives_the_torch_top_k(gguf_run, llama_server, compose_cfg,
+                                                                           tmp_path):
+    """prompt_format=text: every response row is torch's top-k over the ids the server's texts identify."""
+    from torch.utils.data import DataLoader
+
+    from farlab.data import build_task_data
+    from farlab.data.kinds import TASK_KINDS
+    from farlab.teachers.backends.openai import OpenAIBackend, make_client
+
+    run, _ = gguf_run
+    cfg = compose_cfg(_text_teacher_overrides(run, tmp_path / "store", llama_server))
+    tok = AutoTokenizer.from_pretrained(run / "final")
+    model = AutoModelForCausalLM.from_pretrained(run / "final").eval()
+    data = build_task_data(cfg.task, tok, cfg.seed)
+    client = make_client(cfg.teacher.openai, data.tokenizer)
+    k, codec = cfg.teacher.top_k, client.text_codec
+    backend = OpenAIBackend(client, k)
+    identifiable = torch.tensor([len(codec.by_text[t]) == 1 for t in codec.texts])
+    batch = next(iter(DataLoader(data.train, batch_size=4, collate_fn=data.collator)))
+    topk = backend(batch, hidden_states=False, attentions=False, grad=False, detach=True).view.topk
+    with torch.no_grad():
+        ref = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.log_softmax(-1)
+    _, response = TASK_KINDS.get("causal_lm").masks(batch)
+    rows = response.bool()
+    assert int(rows.sum()) > 20 and not bool(response[:, 0].any())
+    ids, lps, torch_lp = topk.ids[rows], topk.logprobs[rows], ref[rows]
+    nxt = torch.zeros_like(batch["input_ids"])
+    nxt[:, :-1] = batch["input_ids"][:, 1:]
+    # The ids a row may hold: those whose text identifies them, and the token that comes next (its own entry).
+    allowed = identifiable.expand(len(ids), -1).clone().scatter_(-1, nxt[rows][:, None], True)
+    assert bool(allowed.gather(-1, ids).all()) and bool((lps[:, :-1] >= lps[:, 1:]).all())
+    assert (torch_lp.gather(-1, ids) - lps).abs().max() < LOGIT_ATOL  # the same numbers at the aligned positions
+    outside = torch_lp.masked_fill(~allowed, -1e9).scatter(-1, ids, -1e9).max(-1).values
+    assert (outside - lps[:, -1]).max() < LOGIT_ATOL  # no id it could hold is left out while beating the row
+    # Where torch's own top-k holds only such ids, the rows are exactly torch's top-k.
+    best = torch_lp.topk(k, -1)
+    clean = allowed.gather(-1, best.indices).all(-1)
+    assert int(clean.sum()) > len(ids) // 2, (int(clean.sum()), len(ids))
+    torch.testing.assert_close(lps[clean], best.values[clean], rtol=0, atol=LOGIT_ATOL)
+    print(f"text teacher: {len(ids)} response rows, {int(clean.sum())} with torch's top-{k} all identifiable, "
+          f"{int((ids[clean] == best.indices[clean]).all(-1).sum())} of them with the same ids in the same order, "
+          f"max |server - torch| {float((torch_lp.gather(-1, ids) - lps).abs().max()):.2e}, "
+          f"entries left in the tail {codec.stats.ambiguous_entries} ({codec.stats.ambiguous_texts})")
+    assert backend.masked_positions == batch["input_ids"].shape[0]  # one per sequence: BOS -> first text token
+    client.close()
+
+
+def test_a_kd_run_with_the_llama_cpp_server_as_text_prompt_teacher_completes(gguf_run, llama_server, compose_cfg,
+                                                                              tmp_path):
+    run, _ = gguf_run
+    overrides = _text_teacher_overrides(run, tmp_path / "store", llama_server)
+    execute(compose_cfg(overrides), tmp_path / "kd", overrides)
+    metrics = json.loads((tmp_path / "kd" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "kd" / "run_metadata.json").read_text())["status"] == "completed"
+    assert metrics["train"]["global_step"] == 2 and np.isfinite(metrics["train"]["final_loss"])
+    assert metrics["train"].get("teacher_forwards_per_step", 1) == 1

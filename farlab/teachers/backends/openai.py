@@ -1,6 +1,6 @@
 """``teacher.backend=openai``: teacher top-k prompt logprobs from an OpenAI-compatible server (vLLM, sglang,
-``python -m farlab.teachers.serve``). Decoder-only tasks, response losses only: a server returns no hidden
-states or attention maps. Quirks and the client-side temperature: :mod:`farlab.teachers.openai_client`.
+``python -m farlab.teachers.serve``; llama-cpp-python with ``prompt_format=text``). Decoder-only tasks, response
+losses only: a server returns no hidden states or attention maps. Quirks and the client-side temperature: :mod:`farlab.teachers.openai_client`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,12 @@ import torch
 from torch import Tensor
 
 from farlab.losses.base import ModelView
+from farlab.registry import unknown_choice_message
 from farlab.teachers.backends.base import DEFAULT_TOP_K, PreparedTeacher, TeacherBackend, TeacherOutput, filler_topk
 from farlab.teachers.openai_client import CompletionsClient, TeacherServerError, api_key_from_env
+from farlab.teachers.openai_text import TextCodec
+
+PROMPT_FORMATS = ("ids", "text")  # teacher.openai.prompt_format: token-id prompts, or decoded text (text-only servers)
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,7 @@ class OpenAIBackend(TeacherBackend):
 
     def __init__(self, client: CompletionsClient, k: int) -> None:
         self.client, self.k = client, k
+        self.masked_positions, self._reported = 0, False  # rows the server never returns (text prompts)
 
     def __call__(
         self, batch: dict[str, Tensor], *, hidden_states: bool, attentions: bool, grad: bool, detach: bool
@@ -33,6 +38,7 @@ class OpenAIBackend(TeacherBackend):
             raise TeacherServerError("the openai teacher backend needs right-padded batches")
         sequences = [ids[b, :n].tolist() for b, n in enumerate(lengths)]
         results = self.client.prompt_topk(sequences, self.k)
+        self._check_missing(batch, results)
         out = filler_topk(tuple(ids.shape), self.k)
         for b, (n, result) in enumerate(zip(lengths, results)):
             if n > 1:  # the server's row j predicts token j; the student's position t predicts t + 1
@@ -40,6 +46,25 @@ class OpenAIBackend(TeacherBackend):
                 out.logprobs[b, : n - 1] = torch.from_numpy(result.logprobs[1:n])
         out.ids, out.logprobs = out.ids.to(ids.device), out.logprobs.to(ids.device)
         return TeacherOutput(view=ModelView(topk=out), loss=None, forwards=1)
+
+    def _check_missing(self, batch: dict[str, Tensor], results: list[Any]) -> None:
+        """Rows the server never returned (text prompts, BOS left out: the first text token's row) get a filler
+        row at the student position before them, which must lie outside every loss's response mask."""
+        labels = batch.get("labels")
+        for b, result in enumerate(results):
+            for row in result.missing:  # row j is read by the student position j - 1, a target iff labels[j] is
+                if labels is None or int(labels[b, row]) != -100:
+                    raise TeacherServerError(
+                        f"the teacher server returns no distribution for token {row} of sequence {b} (a text-only "
+                        "server leaves out BOS, so the first text token is never scored), but that token is a "
+                        "training target here: prompt_format=text needs at least one prompt token before the "
+                        "response, or use prompt_format=ids with vLLM, sglang or farlab.teachers.serve")
+            self.masked_positions += len(result.missing)
+        if self.masked_positions and not self._reported:
+            self._reported = True
+            log.info("teacher server: %d position(s) in the first batch have no teacher row (the text prompt's "
+                     "first token, BOS left out by the server); each lies outside the response mask",
+                     self.masked_positions)
 
 
 def _token_to_id(tokenizer: Any) -> Any:
@@ -70,6 +95,7 @@ def make_client(o: Any, tokenizer: Any) -> CompletionsClient:
         prompts_per_request=o.prompts_per_request,
         decode=lambda i: tokenizer.decode([i]),
         token_to_id=_token_to_id(tokenizer),
+        text_codec=TextCodec(tokenizer, o.text_extra_logprobs) if o.prompt_format == "text" else None,
     )
 
 
@@ -108,6 +134,10 @@ def validate_openai(cfg: Any, plan: Any) -> list[str]:
         problems.append(f"teacher.openai.max_retries={o.max_retries} must be >= 0")
     if o.concurrency < 1:
         problems.append(f"teacher.openai.concurrency={o.concurrency} must be >= 1")
+    if o.prompt_format not in PROMPT_FORMATS:
+        problems.append(unknown_choice_message("teacher.openai.prompt_format", o.prompt_format, PROMPT_FORMATS))
+    if o.text_extra_logprobs < 0:
+        problems.append(f"teacher.openai.text_extra_logprobs={o.text_extra_logprobs} must be >= 0")
     if o.prompts_per_request < 1:
         problems.append(f"teacher.openai.prompts_per_request={o.prompts_per_request} must be >= 1")
     if o.backoff_s < 0 or o.max_backoff_s < o.backoff_s:
