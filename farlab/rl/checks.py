@@ -14,16 +14,26 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from farlab.data import TASK_FAMILIES
+from farlab.losses.divergences import TOPK_TAILS
 from farlab.models.loading import spec_config_fields
 from farlab.registry import unknown_choice_message
 from farlab.rl.rewards import reward_problems
 from farlab.rl.teacher import REDUCTIONS
+from farlab.teachers.backends import TEACHER_BACKENDS
 
 RL_METHODS = ("none", "grpo")
 REFERENCES = ("init", "teacher")
 INITS = ("none", "sft")
 VLLM_MODES = ("colocate", "server")
 HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model")
+# Teacher backends that can score the student's fresh samples (the reward), and why the others cannot.
+REWARD_BACKENDS = ("hf", "openai")
+NOT_FOR_REWARD = {
+    "cache": ("the cache holds the teacher's outputs on the task's fixed training sequences, and GRPO scores the "
+              "student's own fresh samples, which no cache can hold"),
+    "self": ("teacher=self is the student with its LoRA adapters disabled, i.e. the initial student: for that "
+             "anchor use rl.reference=init with rl.beta > 0"),
+}
 
 
 def needs_teacher(rl: Any) -> bool:
@@ -46,7 +56,8 @@ def rl_problems(cfg: DictConfig) -> list[str]:
     problems = reward_problems(list(rl.rewards), None if rl.reward_weights is None else list(rl.reward_weights))
     problems += _generation_problems(rl, cfg.train)
     for key, value, valid in (("reference", rl.reference, REFERENCES), ("init", rl.init, INITS),
-                              ("vllm_mode", rl.vllm_mode, VLLM_MODES), ("teacher_kl", rl.teacher_kl, REDUCTIONS)):
+                              ("vllm_mode", rl.vllm_mode, VLLM_MODES), ("teacher_kl", rl.teacher_kl, REDUCTIONS),
+                              ("teacher_topk_tail", rl.teacher_topk_tail, TOPK_TAILS)):
         if value not in valid:
             problems.append(unknown_choice_message(f"rl.{key}", value, valid))
     if rl.beta < 0 or rl.teacher_weight < 0:
@@ -137,9 +148,16 @@ def _teacher_problems(cfg: DictConfig) -> list[str]:
     if rl.teacher_weight > 0 and model.processor is not None:
         problems.append(f"rl.teacher_weight={rl.teacher_weight}: the teacher reward scores text prompts only; "
                         f"model={model.name} is a vision-language pair (model.processor set). Set rl.teacher_weight=0")
-    if cfg.teacher.backend != "hf":
-        problems.append(f"{use} needs the in-process teacher (teacher=hf); teacher={cfg.teacher.backend} is not "
-                        "supported by the RL teacher reward yet")
+    backend = cfg.teacher.backend
+    if rl.teacher_weight > 0 and backend not in REWARD_BACKENDS:
+        why = NOT_FOR_REWARD.get(backend, f"teacher={backend} cannot score new sequences")
+        problems.append(f"rl.teacher_weight={rl.teacher_weight} needs a teacher that scores the student's sampled "
+                        f"completions; {why}. Use teacher=hf (in process) or teacher=openai (a server's prompt "
+                        "logprobs)")
+    if rl.reference == "teacher" and rl.beta > 0 and not (backend in TEACHER_BACKENDS
+                                                          and TEACHER_BACKENDS.get(backend).in_process):
+        problems.append(f"rl.reference=teacher makes the teacher GRPO's reference model, which TRL runs in this "
+                        f"process on full logits; teacher={backend} gives none: use teacher=hf, or rl.reference=init")
     if cfg.teacher_strategy.trainable:
         problems.append(f"{use} needs a frozen teacher; teacher_strategy={cfg.teacher_strategy.name} trains it")
     return problems

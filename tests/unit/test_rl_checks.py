@@ -56,3 +56,15 @@ def test_task_without_prompts_or_verbaliser_and_vision_teacher_reward_are_refuse
     msg = refused(compose_cfg, "task=ocr_uw3_lines", "model=tiny_qwen_vl", "rl.teacher_weight=0.5")
     assert "text prompts only" in msg and "tiny_qwen_vl" in msg
     validate_config(compose_cfg([*TINY, "task=ocr_uw3_lines", "model=tiny_qwen_vl"]))
+
+
+def test_teacher_reward_backends_cache_refused_server_accepted(compose_cfg):
+    msg = refused(compose_cfg, "rl.teacher_weight=0.5", "teacher=cache")
+    assert "rl.teacher_weight=0.5" in msg and "no cache can hold" in msg and "teacher=openai" in msg
+    assert "rl.reference=init" in refused(compose_cfg, "rl.teacher_weight=0.5", "teacher=self")
+    validate_config(compose_cfg([*TINY, "rl.teacher_weight=0.5", "teacher=openai", "teacher.top_k=8"]))
+    validate_config(compose_cfg([*TINY, "rl.teacher_weight=0", "teacher=cache"]))  # no teacher in the run
+    msg = refused(compose_cfg, "teacher=openai", "rl.reference=teacher", "rl.beta=0.1")
+    assert "GRPO's reference model" in msg and "teacher=openai" in msg
+    msg = refused(compose_cfg, "rl.teacher_weight=0.5", "rl.teacher_topk_tail=bukket")
+    assert "rl.teacher_topk_tail" in msg and "bucket" in msg
