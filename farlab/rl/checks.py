@@ -18,7 +18,7 @@ from farlab.losses.divergences import TOPK_TAILS
 from farlab.models.loading import spec_config_fields
 from farlab.registry import unknown_choice_message
 from farlab.rl.rewards import reward_problems
-from farlab.rl.teacher import REDUCTIONS
+from farlab.rl.teacher import ESTIMATORS, REDUCTIONS
 from farlab.teachers.backends import TEACHER_BACKENDS
 
 RL_METHODS = ("none", "grpo")
@@ -57,7 +57,8 @@ def rl_problems(cfg: DictConfig) -> list[str]:
     problems += _generation_problems(rl, cfg.train)
     for key, value, valid in (("reference", rl.reference, REFERENCES), ("init", rl.init, INITS),
                               ("vllm_mode", rl.vllm_mode, VLLM_MODES), ("teacher_kl", rl.teacher_kl, REDUCTIONS),
-                              ("teacher_topk_tail", rl.teacher_topk_tail, TOPK_TAILS)):
+                              ("teacher_topk_tail", rl.teacher_topk_tail, TOPK_TAILS),
+                              ("teacher_kl_estimator", rl.teacher_kl_estimator, ESTIMATORS)):
         if value not in valid:
             problems.append(unknown_choice_message(f"rl.{key}", value, valid))
     if rl.beta < 0 or rl.teacher_weight < 0:

@@ -27,7 +27,7 @@ from farlab.models.loading import build_student, export_student, head_for, load_
 from farlab.models.lora import apply_lora
 from farlab.rl.checks import needs_teacher, rl_family_problem
 from farlab.rl.rewards import REWARDS, RewardFunction
-from farlab.rl.teacher import TeacherReward
+from farlab.rl.teacher import MONITOR_KEY, TeacherReward
 from farlab.rl.trainer import FarlabGRPOTrainer, grpo_config
 from farlab.teachers.backends import TEACHER_BACKENDS
 from farlab.teachers.backends.base import TeacherBackend
@@ -61,7 +61,7 @@ def reward_functions(cfg: DictConfig, teacher: TeacherBackend | None, tokenizer:
     weights = [float(w) for w in rl.reward_weights] if rl.reward_weights is not None else [1.0] * len(funcs)
     if rl.teacher_weight > 0:
         assert teacher is not None
-        funcs.append(TeacherReward(teacher, tokenizer, rl.teacher_kl, rl.teacher_topk_tail))
+        funcs.append(TeacherReward(teacher, tokenizer, rl.teacher_kl, rl.teacher_topk_tail, rl.teacher_kl_estimator))
         weights.append(float(rl.teacher_weight))
     return funcs, weights
 
@@ -166,7 +166,7 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     )
     for func in funcs:
         if isinstance(func, TeacherReward):
-            func.bind(trainer.model)
+            func.bind(trainer.model, monitor=lambda key, value: trainer._metrics["train"][key].append(value))
     student = trainer.model
     peak = PeakMetrics(lambda: evaluate_model(student, data, eval_bs, "eval student", False),
                        cfg.train.eval_steps, log_fn=lambda logs: Trainer.log(trainer, logs))
@@ -184,7 +184,7 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     peak.record(post["student"], result.global_step)
     primary = data.primary_metric
     teacher_score = (pre.get("teacher") or {}).get(primary)
-    keys = ["reward", *[f"rewards/{f.__name__}/mean" for f in funcs], "kl", "completions/mean_length"]
+    keys = ["reward", *[f"rewards/{f.__name__}/mean" for f in funcs], MONITOR_KEY, "kl", "completions/mean_length"]
     curve = reward_curve(trainer.state.log_history, keys)
     metrics = {
         "task": data.name,
