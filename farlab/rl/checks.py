@@ -13,6 +13,7 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from farlab import distributed
 from farlab.data import TASK_FAMILIES
 from farlab.losses.divergences import TOPK_TAILS
 from farlab.models.loading import spec_config_fields
@@ -41,9 +42,18 @@ def needs_teacher(rl: Any) -> bool:
     return rl.teacher_weight > 0 or (rl.reference == "teacher" and rl.beta > 0)
 
 
-def generation_batch(train: Any) -> int:
-    """TRL's generation batch on one process: per-device batch x steps_per_generation (= grad_accum_steps)."""
-    return int(train.batch_size) * int(train.grad_accum_steps)
+def generation_batch(train: Any, processes: int = 1) -> int:
+    """TRL's generation batch: per-device batch x processes x steps_per_generation (= grad_accum_steps)."""
+    return int(train.batch_size) * processes * int(train.grad_accum_steps)
+
+
+def multiprocess_problem(processes: int) -> str:
+    return (f"rl=grpo runs in one process; this is one of {processes} (torchrun or a multi-task SLURM job, "
+            "WORLD_SIZE). TRL's GRPOTrainer could train data-parallel (its generation batch is train.batch_size x "
+            "processes x train.grad_accum_steps, and rl.num_generations must divide it), but farlab's RL run does "
+            "not yet coordinate its evaluation, SFT warm start, teacher and run dir across processes. Start it as "
+            "one process (python -m farlab.train ...; on SLURM one task per job) and put the devices to use with a "
+            "sweep, or rl.use_vllm for generation on a GPU")
 
 
 def rl_problems(cfg: DictConfig) -> list[str]:
@@ -54,7 +64,10 @@ def rl_problems(cfg: DictConfig) -> list[str]:
     if rl.name == "none":
         return []
     problems = reward_problems(list(rl.rewards), None if rl.reward_weights is None else list(rl.reward_weights))
-    problems += _generation_problems(rl, cfg.train)
+    processes = distributed.world_size() if distributed.launched() else 1
+    if processes > 1:
+        problems.append(multiprocess_problem(processes))
+    problems += _generation_problems(rl, cfg.train, processes)
     for key, value, valid in (("reference", rl.reference, REFERENCES), ("init", rl.init, INITS),
                               ("vllm_mode", rl.vllm_mode, VLLM_MODES), ("teacher_kl", rl.teacher_kl, REDUCTIONS),
                               ("teacher_topk_tail", rl.teacher_topk_tail, TOPK_TAILS),
@@ -90,16 +103,19 @@ def _task_problems(task: Any) -> list[str]:
     return list(handler.rl_problems(task)) if hasattr(handler, "rl_problems") else []
 
 
-def _generation_problems(rl: Any, train: Any) -> list[str]:
+def _generation_problems(rl: Any, train: Any, processes: int = 1) -> list[str]:
     problems = []
+    batch = generation_batch(train, processes)
     if rl.num_generations < 2:
         problems.append(f"rl.num_generations={rl.num_generations} must be >= 2: GRPO compares completions of "
                         "one prompt with each other")
-    elif generation_batch(train) % rl.num_generations:
+    elif batch % rl.num_generations:
+        shown = (f"train.batch_size x train.grad_accum_steps = {train.batch_size} x {train.grad_accum_steps}"
+                 if processes == 1 else f"train.batch_size x processes x train.grad_accum_steps = "
+                 f"{train.batch_size} x {processes} x {train.grad_accum_steps}")
         problems.append(
-            f"rl.num_generations={rl.num_generations} does not divide the generation batch "
-            f"train.batch_size x train.grad_accum_steps = {train.batch_size} x {train.grad_accum_steps} = "
-            f"{generation_batch(train)} (TRL's rule: every prompt's group of completions fits in one batch); "
+            f"rl.num_generations={rl.num_generations} does not divide the generation batch {shown} = {batch} "
+            "(TRL's rule: every prompt's group of completions fits in one batch); "
             "choose a divisor or change train.batch_size")
     if rl.max_completion_length < 1:
         problems.append(f"rl.max_completion_length={rl.max_completion_length} must be >= 1")

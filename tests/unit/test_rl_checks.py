@@ -68,3 +68,14 @@ def test_teacher_reward_backends_cache_refused_server_accepted(compose_cfg):
     assert "GRPO's reference model" in msg and "teacher=openai" in msg
     msg = refused(compose_cfg, "rl.teacher_weight=0.5", "rl.teacher_topk_tail=bukket")
     assert "rl.teacher_topk_tail" in msg and "bucket" in msg
+
+
+def test_several_processes_are_refused_with_the_generation_batch_rule(compose_cfg, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    validate_config(compose_cfg(TINY))  # torchrun with one process: one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    msg = refused(compose_cfg)
+    assert "rl=grpo runs in one process; this is one of 2" in msg and "torchrun" in msg
+    assert "x processes x" in msg and "does not divide" not in msg  # 8 x 2 x 1 holds groups of 4
+    msg = refused(compose_cfg, "rl.num_generations=16", "train.batch_size=4")
+    assert "train.batch_size x processes x train.grad_accum_steps = 4 x 2 x 1 = 8" in msg
