@@ -166,6 +166,7 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     )
     for func in funcs:
         if isinstance(func, TeacherReward):
+            # TRL averages and logs what its _metrics collect each logging step (teacher/reverse_kl)
             func.bind(trainer.model, monitor=lambda key, value: trainer._metrics["train"][key].append(value))
     student = trainer.model
     peak = PeakMetrics(lambda: evaluate_model(student, data, eval_bs, "eval student", False),
