@@ -305,6 +305,8 @@ class RLConfig:
     loss_type: str = "dapo"  # passed to GRPOConfig.loss_type (grpo | dapo | dr_grpo | bnpo ...)
     teacher_weight: float = 0.0  # > 0: reward - teacher_weight x reverse KL(student || teacher) per sequence
     teacher_kl: str = "mean"  # mean | sum of the per-token KLs over a completion (sum rewards short answers)
+    teacher_kl_estimator: str = "sampled"  # sampled: log p_s(y) - log p_t(y) at the samples | analytic: full KL
+    teacher_topk_tail: str = "bucket"  # bucket | renormalize: a top-k teacher's reward (as loss topk_tail)
     reference: str = "init"  # init | teacher: what beta anchors to
     init: str = "none"  # none | sft: CE fine-tune the student first (stored like an SFT teacher)
     label_words: Optional[list[str]] = None  # GLUE as generation: one answer word per label (class-id order)

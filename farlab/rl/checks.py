@@ -13,17 +13,28 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_MASKED_LM_MAPPING_NAMES,
 )
 
+from farlab import distributed
 from farlab.data import TASK_FAMILIES
+from farlab.losses.divergences import TOPK_TAILS
 from farlab.models.loading import spec_config_fields
 from farlab.registry import unknown_choice_message
 from farlab.rl.rewards import reward_problems
-from farlab.rl.teacher import REDUCTIONS
+from farlab.rl.teacher import ESTIMATORS, REDUCTIONS
+from farlab.teachers.backends import TEACHER_BACKENDS
 
 RL_METHODS = ("none", "grpo")
 REFERENCES = ("init", "teacher")
 INITS = ("none", "sft")
 VLLM_MODES = ("colocate", "server")
 HEAD_SUFFIXES = ("ForSequenceClassification", "ForTokenClassification", "ForQuestionAnswering", "Model")
+# Teacher backends that can score the student's fresh samples (the reward), and why the others cannot.
+REWARD_BACKENDS = ("hf", "openai")
+NOT_FOR_REWARD = {
+    "cache": ("the cache holds the teacher's outputs on the task's fixed training sequences, and GRPO scores the "
+              "student's own fresh samples, which no cache can hold"),
+    "self": ("teacher=self is the student with its LoRA adapters disabled, i.e. the initial student: for that "
+             "anchor use rl.reference=init with rl.beta > 0"),
+}
 
 
 def needs_teacher(rl: Any) -> bool:
@@ -31,9 +42,18 @@ def needs_teacher(rl: Any) -> bool:
     return rl.teacher_weight > 0 or (rl.reference == "teacher" and rl.beta > 0)
 
 
-def generation_batch(train: Any) -> int:
-    """TRL's generation batch on one process: per-device batch x steps_per_generation (= grad_accum_steps)."""
-    return int(train.batch_size) * int(train.grad_accum_steps)
+def generation_batch(train: Any, processes: int = 1) -> int:
+    """TRL's generation batch: per-device batch x processes x steps_per_generation (= grad_accum_steps)."""
+    return int(train.batch_size) * processes * int(train.grad_accum_steps)
+
+
+def multiprocess_problem(processes: int) -> str:
+    return (f"rl=grpo runs in one process; this is one of {processes} (torchrun or a multi-task SLURM job, "
+            "WORLD_SIZE). TRL's GRPOTrainer could train data-parallel (its generation batch is train.batch_size x "
+            "processes x train.grad_accum_steps, and rl.num_generations must divide it), but farlab's RL run does "
+            "not yet coordinate its evaluation, SFT warm start, teacher and run dir across processes. Start it as "
+            "one process (python -m farlab.train ...; on SLURM one task per job) and put the devices to use with a "
+            "sweep, or rl.use_vllm for generation on a GPU")
 
 
 def rl_problems(cfg: DictConfig) -> list[str]:
@@ -44,9 +64,14 @@ def rl_problems(cfg: DictConfig) -> list[str]:
     if rl.name == "none":
         return []
     problems = reward_problems(list(rl.rewards), None if rl.reward_weights is None else list(rl.reward_weights))
-    problems += _generation_problems(rl, cfg.train)
+    processes = distributed.world_size() if distributed.launched() else 1
+    if processes > 1:
+        problems.append(multiprocess_problem(processes))
+    problems += _generation_problems(rl, cfg.train, processes)
     for key, value, valid in (("reference", rl.reference, REFERENCES), ("init", rl.init, INITS),
-                              ("vllm_mode", rl.vllm_mode, VLLM_MODES), ("teacher_kl", rl.teacher_kl, REDUCTIONS)):
+                              ("vllm_mode", rl.vllm_mode, VLLM_MODES), ("teacher_kl", rl.teacher_kl, REDUCTIONS),
+                              ("teacher_topk_tail", rl.teacher_topk_tail, TOPK_TAILS),
+                              ("teacher_kl_estimator", rl.teacher_kl_estimator, ESTIMATORS)):
         if value not in valid:
             problems.append(unknown_choice_message(f"rl.{key}", value, valid))
     if rl.beta < 0 or rl.teacher_weight < 0:
@@ -78,16 +103,19 @@ def _task_problems(task: Any) -> list[str]:
     return list(handler.rl_problems(task)) if hasattr(handler, "rl_problems") else []
 
 
-def _generation_problems(rl: Any, train: Any) -> list[str]:
+def _generation_problems(rl: Any, train: Any, processes: int = 1) -> list[str]:
     problems = []
+    batch = generation_batch(train, processes)
     if rl.num_generations < 2:
         problems.append(f"rl.num_generations={rl.num_generations} must be >= 2: GRPO compares completions of "
                         "one prompt with each other")
-    elif generation_batch(train) % rl.num_generations:
+    elif batch % rl.num_generations:
+        shown = (f"train.batch_size x train.grad_accum_steps = {train.batch_size} x {train.grad_accum_steps}"
+                 if processes == 1 else f"train.batch_size x processes x train.grad_accum_steps = "
+                 f"{train.batch_size} x {processes} x {train.grad_accum_steps}")
         problems.append(
-            f"rl.num_generations={rl.num_generations} does not divide the generation batch "
-            f"train.batch_size x train.grad_accum_steps = {train.batch_size} x {train.grad_accum_steps} = "
-            f"{generation_batch(train)} (TRL's rule: every prompt's group of completions fits in one batch); "
+            f"rl.num_generations={rl.num_generations} does not divide the generation batch {shown} = {batch} "
+            "(TRL's rule: every prompt's group of completions fits in one batch); "
             "choose a divisor or change train.batch_size")
     if rl.max_completion_length < 1:
         problems.append(f"rl.max_completion_length={rl.max_completion_length} must be >= 1")
@@ -137,9 +165,16 @@ def _teacher_problems(cfg: DictConfig) -> list[str]:
     if rl.teacher_weight > 0 and model.processor is not None:
         problems.append(f"rl.teacher_weight={rl.teacher_weight}: the teacher reward scores text prompts only; "
                         f"model={model.name} is a vision-language pair (model.processor set). Set rl.teacher_weight=0")
-    if cfg.teacher.backend != "hf":
-        problems.append(f"{use} needs the in-process teacher (teacher=hf); teacher={cfg.teacher.backend} is not "
-                        "supported by the RL teacher reward yet")
+    backend = cfg.teacher.backend
+    if rl.teacher_weight > 0 and backend not in REWARD_BACKENDS:
+        why = NOT_FOR_REWARD.get(backend, f"teacher={backend} cannot score new sequences")
+        problems.append(f"rl.teacher_weight={rl.teacher_weight} needs a teacher that scores the student's sampled "
+                        f"completions; {why}. Use teacher=hf (in process) or teacher=openai (a server's prompt "
+                        "logprobs)")
+    if rl.reference == "teacher" and rl.beta > 0 and not (backend in TEACHER_BACKENDS
+                                                          and TEACHER_BACKENDS.get(backend).in_process):
+        problems.append(f"rl.reference=teacher makes the teacher GRPO's reference model, which TRL runs in this "
+                        f"process on full logits; teacher={backend} gives none: use teacher=hf, or rl.reference=init")
     if cfg.teacher_strategy.trainable:
         problems.append(f"{use} needs a frozen teacher; teacher_strategy={cfg.teacher_strategy.name} trains it")
     return problems

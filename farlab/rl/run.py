@@ -27,8 +27,11 @@ from farlab.models.loading import build_student, export_student, head_for, load_
 from farlab.models.lora import apply_lora
 from farlab.rl.checks import needs_teacher, rl_family_problem
 from farlab.rl.rewards import REWARDS, RewardFunction
-from farlab.rl.teacher import TeacherReward
+from farlab.rl.teacher import MONITOR_KEY, TeacherReward
 from farlab.rl.trainer import FarlabGRPOTrainer, grpo_config
+from farlab.teachers.backends import TEACHER_BACKENDS
+from farlab.teachers.backends.base import TeacherBackend
+from farlab.teachers.backends.hf import HFBackend
 from farlab.teachers.store import TeacherStore
 from farlab.teachers.strategies import TeacherContext, TeacherSettings, prepare_teacher
 from farlab.trainer.callbacks import PeakMetrics
@@ -51,13 +54,14 @@ def rl_task(task_cfg: DictConfig, tokenizer: Any, seed: int) -> tuple[TaskData, 
     return handler.rl_data(task_cfg, tokenizer, seed)
 
 
-def reward_functions(cfg: DictConfig, teacher: PreTrainedModel | None, tokenizer: Any) -> tuple[list[Any], list[float]]:
+def reward_functions(cfg: DictConfig, teacher: TeacherBackend | None, tokenizer: Any) -> tuple[list[Any], list[float]]:
     """The registry's rewards with their weights, plus the teacher reward (weight ``rl.teacher_weight``)."""
     rl = cfg.rl
     funcs: list[Any] = [RewardFunction(REWARDS.get(name, context="rl.rewards")) for name in rl.rewards]
     weights = [float(w) for w in rl.reward_weights] if rl.reward_weights is not None else [1.0] * len(funcs)
     if rl.teacher_weight > 0:
-        funcs.append(TeacherReward(teacher, tokenizer, rl.teacher_kl))
+        assert teacher is not None
+        funcs.append(TeacherReward(teacher, tokenizer, rl.teacher_kl, rl.teacher_topk_tail, rl.teacher_kl_estimator))
         weights.append(float(rl.teacher_weight))
     return funcs, weights
 
@@ -89,23 +93,29 @@ def warm_start(cfg: DictConfig, student: PreTrainedModel, data: TaskData, tokeni
 @dataclass
 class Models:
     student: PreTrainedModel
-    teacher: PreTrainedModel | None
+    teacher: PreTrainedModel | None  # the in-process teacher (teacher=hf), else None
+    teacher_backend: TeacherBackend | None = None  # what the teacher reward asks (hf or openai)
 
 
 def build_models(cfg: DictConfig, data: TaskData, tokenizer: Any, plan: LossPlan) -> Models:
     attn = cfg.model.attn_implementation
     use_teacher = needs_teacher(cfg.rl)
-    student, base_teacher = build_student(cfg, head_for(data), tokenizer, attn, need_base_teacher=use_teacher)
-    teacher = None
+    kind = TEACHER_BACKENDS.get(cfg.teacher.backend)
+    student, base_teacher = build_student(cfg, head_for(data), tokenizer, attn,
+                                          need_base_teacher=use_teacher and kind.in_process)
+    teacher, backend = None, None
     if use_teacher:
         ctx = TeacherContext(TeacherSettings.from_run_config(cfg), base_teacher, data, tokenizer, attn, plan,
                              fine_tune=sft_fine_tuner(cfg.teacher_strategy.recipe, cfg.train, cfg.seed))
-        teacher = prepare_teacher(ctx)  # base or SFT (teacher store), frozen
+        prepared = kind.prepare(ctx, prepare_teacher)  # hf: base or SFT (teacher store), frozen; openai: a client
+        teacher = prepared.model
+        # The loss group's chunked logits do not apply to RL: an in-process teacher gives logits (or its top-k).
+        backend = HFBackend(teacher, cfg.teacher.top_k) if teacher is not None else prepared.make_backend(None)
     if cfg.rl.init == "sft":
         student = warm_start(cfg, student, data, tokenizer)
     if cfg.model.student.lora.r > 0:
         student = apply_lora(student, cfg.model.student.lora, data.kind)
-    return Models(student, teacher)
+    return Models(student, teacher, backend)
 
 
 def reference_model(cfg: DictConfig, models: Models) -> PreTrainedModel | None:
@@ -147,7 +157,7 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     if models.teacher is not None:
         pre["teacher"] = evaluate_model(models.teacher, data, eval_bs, "pre-eval teacher", progress)
 
-    funcs, weights = reward_functions(cfg, models.teacher, tokenizer)
+    funcs, weights = reward_functions(cfg, models.teacher_backend, tokenizer)
     report_to = configure_wandb(cfg.wandb, run_dir)
     set_seed(int(cfg.seed))
     trainer = FarlabGRPOTrainer(
@@ -156,7 +166,8 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     )
     for func in funcs:
         if isinstance(func, TeacherReward):
-            func.bind(trainer.model)
+            # TRL averages and logs what its _metrics collect each logging step (teacher/reverse_kl)
+            func.bind(trainer.model, monitor=lambda key, value: trainer._metrics["train"][key].append(value))
     student = trainer.model
     peak = PeakMetrics(lambda: evaluate_model(student, data, eval_bs, "eval student", False),
                        cfg.train.eval_steps, log_fn=lambda logs: Trainer.log(trainer, logs))
@@ -174,7 +185,7 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     peak.record(post["student"], result.global_step)
     primary = data.primary_metric
     teacher_score = (pre.get("teacher") or {}).get(primary)
-    keys = ["reward", *[f"rewards/{f.__name__}/mean" for f in funcs], "kl", "completions/mean_length"]
+    keys = ["reward", *[f"rewards/{f.__name__}/mean" for f in funcs], MONITOR_KEY, "kl", "completions/mean_length"]
     curve = reward_curve(trainer.state.log_history, keys)
     metrics = {
         "task": data.name,

@@ -1,6 +1,7 @@
 """A real OpenAI-compatible teacher server (``python -m farlab.teachers.serve`` as a subprocess on 127.0.0.1):
 KD through it equals KD with the in-process teacher at the same k, and a server that dies mid-run gives retries,
-then a clear error, with the last checkpoint intact."""
+then a clear error, with the last checkpoint intact. The RL teacher reward through it equals the in-process
+top-k reward, and a GRPO run through it equals one with the in-process top-k teacher."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
 from farlab.config import REPO_ROOT
 from farlab.data import build_task_data
+from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import DistillBatch, ModelView
 from farlab.losses.response import ResponseLoss
 from farlab.models.loading import Head, build_model
-from farlab.data.kinds import TASK_KINDS
+from farlab.rl.teacher import TeacherReward, prompt_token_ids
 from farlab.teachers.backends.hf import HFBackend
 from farlab.teachers.backends.openai import OpenAIBackend, make_client
 from farlab.teachers.openai_client import TeacherServerError
@@ -180,3 +182,54 @@ def test_a_server_killed_mid_run_gives_retries_then_a_clear_error_and_the_checkp
     ckpt = run_dir / "checkpoint-2"
     assert (ckpt / "COMPLETE").is_file() and not (run_dir / "checkpoint-4").exists()
     AutoModelForCausalLM.from_pretrained(ckpt)  # loadable: a resume starts from here
+
+
+def test_rl_teacher_reward_through_the_server_equals_the_in_process_topk_reward(shared_server, teacher_folder,
+                                                                                compose_cfg, tmp_path):
+    cfg = compose_cfg(overrides(tmp_path, teacher_folder, **{"teacher": "openai",
+                                                            "teacher.openai.base_url": shared_server.base_url}))
+    tokenizer = AutoTokenizer.from_pretrained(teacher_folder)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_folder).eval()
+    set_seed(1)
+    student = build_model(cfg.model.student, Head(AutoModelForCausalLM), None).eval()
+    prompts = ["Translate English to French.\nEnglish: The session is resumed.\nFrench:",
+               "Translate English to French.\nEnglish: Thank you very much, Mr President.\nFrench:"]
+    completions = []  # the student's own samples, of different lengths (padding must not leak in)
+    for ids, n in zip(prompt_token_ids(tokenizer, prompts), (5, 9), strict=True):
+        out = student.generate(torch.tensor([ids]), do_sample=True, max_new_tokens=n, min_new_tokens=n)
+        completions.append(out[0, len(ids):].tolist())
+    call = {"prompts": prompts, "completions": ["", ""], "completion_ids": completions}
+    remote = OpenAIBackend(make_client(cfg.teacher.openai, tokenizer), K)
+    dense = TeacherReward(teacher, tokenizer, "mean", estimator="analytic").bind(student)(**call)
+    for tail in ("bucket", "renormalize"):
+        for reduction in ("mean", "sum"):
+            for estimator in ("analytic", "sampled"):
+                case = (reduction, tail, estimator)
+                local = TeacherReward(HFBackend(teacher, top_k=K), tokenizer, *case).bind(student)(**call)
+                served = TeacherReward(remote, tokenizer, *case).bind(student)(**call)
+                assert served == pytest.approx(local, abs=1e-4), case
+                assert estimator == "sampled" or all(v < 0 for v in served)
+    # bucket merges the outcomes outside the top-k into one: a lower bound of the full KL (data processing)
+    bucket = TeacherReward(remote, tokenizer, "mean", "bucket", "analytic").bind(student)(**call)
+    assert all(b >= d - 1e-5 for b, d in zip(bucket, dense, strict=True)) and bucket != pytest.approx(dense)
+
+
+def test_grpo_with_a_server_teacher_equals_grpo_with_the_in_process_topk_teacher(shared_server, teacher_folder,
+                                                                                 compose_cfg, tmp_path):
+    rl = {"rl": "grpo", "rl.teacher_weight": 0.5, "rl.num_generations": 4, "rl.max_completion_length": 6,
+          "train.batch_size": 8, "train.max_steps": 2, "train.logging_steps": 1, "train.num_threads": 1,
+          "task.train_limit": 16, "task.generation.max_new_tokens": 4}
+    local = overrides(tmp_path / "store", teacher_folder, **rl)
+    remote = overrides(tmp_path / "store", teacher_folder, **rl, **{
+        "teacher": "openai", "teacher.openai.base_url": shared_server.base_url})
+    a = execute(compose_cfg(local), tmp_path / "hf", local)
+    b = execute(compose_cfg(remote), tmp_path / "openai", remote)
+    assert a["rl"]["rewards"] == b["rl"]["rewards"] == ["chrf", "teacher_reverse_kl"]
+    assert "teacher" in a["pre"] and "teacher" not in b["pre"]  # a server teacher is not evaluated locally
+    logs = [[e for e in json.loads((d / "checkpoint-2" / "trainer_state.json").read_text())["log_history"]
+             if "reward" in e] for d in (tmp_path / "hf", tmp_path / "openai")]
+    assert len(logs[0]) == len(logs[1]) == 2
+    for x, y in zip(*logs, strict=True):
+        assert x["teacher/reverse_kl"] > 0  # the analytic per-token KL, logged whatever the estimator
+        for key in ("rewards/teacher_reverse_kl/mean", "teacher/reverse_kl", "rewards/chrf/mean", "reward"):
+            assert y[key] == pytest.approx(x[key], abs=1e-4), key

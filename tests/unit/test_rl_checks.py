@@ -56,3 +56,26 @@ def test_task_without_prompts_or_verbaliser_and_vision_teacher_reward_are_refuse
     msg = refused(compose_cfg, "task=ocr_uw3_lines", "model=tiny_qwen_vl", "rl.teacher_weight=0.5")
     assert "text prompts only" in msg and "tiny_qwen_vl" in msg
     validate_config(compose_cfg([*TINY, "task=ocr_uw3_lines", "model=tiny_qwen_vl"]))
+
+
+def test_teacher_reward_backends_cache_refused_server_accepted(compose_cfg):
+    msg = refused(compose_cfg, "rl.teacher_weight=0.5", "teacher=cache")
+    assert "rl.teacher_weight=0.5" in msg and "no cache can hold" in msg and "teacher=openai" in msg
+    assert "rl.reference=init" in refused(compose_cfg, "rl.teacher_weight=0.5", "teacher=self")
+    validate_config(compose_cfg([*TINY, "rl.teacher_weight=0.5", "teacher=openai", "teacher.top_k=8"]))
+    validate_config(compose_cfg([*TINY, "rl.teacher_weight=0", "teacher=cache"]))  # no teacher in the run
+    msg = refused(compose_cfg, "teacher=openai", "rl.reference=teacher", "rl.beta=0.1")
+    assert "GRPO's reference model" in msg and "teacher=openai" in msg
+    msg = refused(compose_cfg, "rl.teacher_weight=0.5", "rl.teacher_topk_tail=bukket")
+    assert "rl.teacher_topk_tail" in msg and "bucket" in msg
+
+
+def test_several_processes_are_refused_with_the_generation_batch_rule(compose_cfg, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    validate_config(compose_cfg(TINY))  # torchrun with one process: one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    msg = refused(compose_cfg)
+    assert "rl=grpo runs in one process; this is one of 2" in msg and "torchrun" in msg
+    assert "x processes x" in msg and "does not divide" not in msg  # 8 x 2 x 1 holds groups of 4
+    msg = refused(compose_cfg, "rl.num_generations=16", "train.batch_size=4")
+    assert "train.batch_size x processes x train.grad_accum_steps = 4 x 2 x 1 = 8" in msg
