@@ -23,7 +23,7 @@ from farlab.data.base import TaskData
 from farlab.eval.extra import evaluate_extra, extra_eval_report
 from farlab.eval.harness import build_harness
 from farlab.eval.loop import evaluate_model
-from farlab.eval.transfer import transfer_gap
+from farlab.eval.transfer import metrics_head
 from farlab.losses.gkd import build_on_policy
 from farlab.losses.objective import build_objective
 from farlab.losses.plan import LossPlan
@@ -239,16 +239,10 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         lambda: export_and_evaluate(setup, data, tokenizer, run_dir, eval_bs, progress, harness))
     fitted.peak.record(post["student"], fitted.result.global_step)
 
-    primary = data.primary_metric
     # The transfer gap uses the teacher the student actually learned from (post-training when co-trained).
-    teacher_score = (post.get("teacher") or pre.get("teacher") or {}).get(primary)
+    teacher_score = (post.get("teacher") or pre.get("teacher") or {}).get(data.primary_metric)
     metrics = {
-        "task": data.name,
-        "primary_metric": primary,
-        "eval_split": data.eval_split_name,
-        "pre": pre,
-        "post": post,
-        "transfer_gap": transfer_gap(primary, teacher_score, pre["student"][primary], post["student"][primary]),
+        **metrics_head(data, pre, post, teacher_score),
         "extra_eval": extra_eval_report(pre_extra, post_extra),  # other eval files, e.g. MNLI dev_mismatched
         "train": train_summary(fitted),
         "loss_components": fitted.trainer.component_means(),

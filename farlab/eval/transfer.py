@@ -35,3 +35,18 @@ def transfer_gap(metric: str, teacher: float | None, student_pre: float, student
     else:
         result["transfer_efficiency"] = gain / advantage
     return result
+
+
+def metrics_head(data: Any, pre: dict[str, Any], post: dict[str, Any], teacher_score: float | None) -> dict[str, Any]:
+    """The keys every run's metrics.json starts with (docs/run_dir.md), for KD and RL runs alike: task, primary
+    metric, eval split, pre/post metrics and the transfer gap against ``teacher_score`` (the teacher the student
+    learned from). ``data`` is the run's TaskData."""
+    primary = data.primary_metric
+    return {
+        "task": data.name,
+        "primary_metric": primary,
+        "eval_split": data.eval_split_name,
+        "pre": pre,
+        "post": post,
+        "transfer_gap": transfer_gap(primary, teacher_score, pre["student"][primary], post["student"][primary]),
+    }

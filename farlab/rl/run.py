@@ -21,7 +21,7 @@ from farlab.data import TASK_FAMILIES
 from farlab.data.base import TaskData
 from farlab.errors import ConfigError
 from farlab.eval.loop import evaluate_model
-from farlab.eval.transfer import transfer_gap
+from farlab.eval.transfer import metrics_head
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import build_student, export_student, head_for, load_tokenizer
 from farlab.models.lora import apply_lora
@@ -183,17 +183,11 @@ def run_rl(cfg: DictConfig, run_dir: Path, plan: LossPlan, stop: GracefulStop) -
     final = export_student(student, tokenizer, run_dir / "final")
     post = {"student": evaluate_model(final, data, eval_bs, "post-eval student", progress)}
     peak.record(post["student"], result.global_step)
-    primary = data.primary_metric
-    teacher_score = (pre.get("teacher") or {}).get(primary)
+    teacher_score = (pre.get("teacher") or {}).get(data.primary_metric)
     keys = ["reward", *[f"rewards/{f.__name__}/mean" for f in funcs], MONITOR_KEY, "kl", "completions/mean_length"]
     curve = reward_curve(trainer.state.log_history, keys)
     metrics = {
-        "task": data.name,
-        "primary_metric": primary,
-        "eval_split": data.eval_split_name,
-        "pre": pre,
-        "post": post,
-        "transfer_gap": transfer_gap(primary, teacher_score, pre["student"][primary], post["student"][primary]),
+        **metrics_head(data, pre, post, teacher_score),
         "extra_eval": {},
         "train": {
             "runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),  # this process's part
