@@ -35,10 +35,9 @@ from farlab.losses.chunked import Stream, chunked_rows_sum
 from farlab.losses.divergences import (
     DIVERGENCES,
     TOPK_TAILS,
-    divergence,
+    divergence_and_target,
     divergence_from_logprobs,
     masked_mean,
-    soften,
     topk_logprobs,
 )
 
@@ -96,9 +95,8 @@ class ResponseLoss(LossComponent):
                 student_logits, teacher.ids, teacher.logprobs, temperature=self.temperature, tail=self.topk_tail
             )
             return divergence_from_logprobs(self.fn, ls, lt, **kw), _entropy(lt)
-        with torch.no_grad():
-            target = soften(teacher.detach(), self.temperature)
-        return divergence(self.fn, student_logits, teacher, **kw), _entropy(target)
+        values, target = divergence_and_target(self.fn, student_logits, teacher, **kw)
+        return values, _entropy(target)
 
     # ------------------------------------------------------------------ entry point
 
@@ -110,10 +108,14 @@ class ResponseLoss(LossComponent):
             raise ValueError(
                 "ResponseLoss needs student logits, or final_hidden + lm_head together with chunk_size"
             )
-        values, entropy = self._values_and_entropy(s.logits, _dense_teacher(batch.teacher))
+        student, teacher = s.logits, _dense_teacher(batch.teacher)
         mask = batch.response_mask if s.logits.dim() > 2 else None
-        self.teacher_entropy = masked_mean(entropy, mask)
-        return masked_mean(values, mask)
+        if mask is not None:  # only the rows the mean counts: prompt and padding rows are never softened
+            rows = mask.reshape(-1).nonzero().squeeze(1)
+            student, teacher = _rows(student, rows), _rows(teacher, rows)
+        values, entropy = self._values_and_entropy(student, teacher)
+        self.teacher_entropy = masked_mean(entropy)
+        return masked_mean(values)
 
     def _chunked(self, batch: DistillBatch) -> Tensor:
         s, t = batch.student, batch.teacher
@@ -155,9 +157,15 @@ _NO_TEACHER = "ResponseLoss needs teacher logits, final_hidden + lm_head, or top
 @torch.no_grad()
 def _entropy(logprobs: Tensor) -> Tensor:
     """Entropy (nats) of each distribution given as log-probs ``[..., K]``; zero-probability outcomes add 0."""
-    logprobs = logprobs.detach().float()
-    p = logprobs.exp()
-    return -torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum(dim=-1)
+    p = logprobs.detach().float().exp()
+    return -torch.special.xlogy(p, p).sum(dim=-1)  # xlogy(0, 0) = 0; two passes over [..., K], not four
+
+
+def _rows(x: TeacherTarget, rows: Tensor) -> TeacherTarget:
+    """Rows ``rows`` of ``[B, T, ...]`` logits (or of a TopK's ids and log-probs) flattened to ``[B*T, ...]``."""
+    if isinstance(x, TopK):
+        return TopK(_rows(x.ids, rows), _rows(x.logprobs, rows))  # type: ignore[arg-type]
+    return x.reshape(-1, x.shape[-1]).index_select(0, rows)
 
 
 def _dense_teacher(t: ModelView) -> TeacherTarget:
