@@ -81,7 +81,10 @@ class DistillationModule(nn.Module):
             batch = with_teacher_prompts(batch, sampled, self.on_policy.pad_token_id)  # + the teacher's context
         self.batches_seen += 1
         self.on_policy_batches += int(on_policy)
-        ce, student_view = run_model(self.student, batch, flags, self.chunk_size)
+        # Pure distillation skips the student's CE (logged as 0): a log-softmax over the full logits, or a second
+        # LM-head pass on the chunked path, for a term multiplied by 0. The masks still read the batch's labels.
+        student_batch = batch if objective.uses_ce else {k: v for k, v in batch.items() if k != "labels"}
+        ce, student_view = run_model(self.student, student_batch, flags, self.chunk_size)
         ce = ce if not on_policy else ce * 0.0  # no CE on its own samples
         if self.teacher_backend is None or not objective.needs_teacher:
             return objective(None, ce, step, max_steps)
