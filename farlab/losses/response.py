@@ -110,12 +110,15 @@ class ResponseLoss(LossComponent):
             )
         student, teacher = s.logits, _dense_teacher(batch.teacher)
         mask = batch.response_mask if s.logits.dim() > 2 else None
-        if mask is not None:  # only the rows the mean counts: prompt and padding rows are never softened
+        if mask is not None and mask.shape == student.shape[:-1]:
+            # Only the rows the mean counts: prompt and padding rows are never softened (all rows: no copy).
             rows = mask.reshape(-1).nonzero().squeeze(1)
-            student, teacher = _rows(student, rows), _rows(teacher, rows)
+            if rows.numel() < mask.numel():
+                student, teacher = _rows(student, rows), _rows(teacher, rows)
+            mask = None
         values, entropy = self._values_and_entropy(student, teacher)
-        self.teacher_entropy = masked_mean(entropy)
-        return masked_mean(values)
+        self.teacher_entropy = masked_mean(entropy, mask)
+        return masked_mean(values, mask)
 
     def _chunked(self, batch: DistillBatch) -> Tensor:
         s, t = batch.student, batch.teacher
