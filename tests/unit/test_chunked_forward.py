@@ -66,7 +66,9 @@ def test_chunked_equals_dense_in_loss_and_student_gradients(loss):
     (d_total, d_parts, d_grads), (c_total, c_parts, c_grads) = results["dense"], results["chunked"]
     torch.testing.assert_close(c_total, d_total, rtol=1e-5, atol=1e-6)
     for key in d_parts:
-        assert c_parts[key] == pytest.approx(d_parts[key], rel=1e-5, abs=1e-7), key
+        # abs as for the total: a KL ~1e-2 is a sum of mixed-sign float32 terms (the chunked path's closed-form
+        # gradient sums them in another order; both are ~1e-5 relative from a float64 reference at this size)
+        assert c_parts[key] == pytest.approx(d_parts[key], rel=1e-5, abs=1e-6), key
     for name in d_grads:
         torch.testing.assert_close(c_grads[name], d_grads[name], rtol=1e-4, atol=1e-6)
     # The dense path applies the head to the whole batch; the chunked one never does.
