@@ -25,7 +25,7 @@ step so drift on a shared machine hits all alike; tokens/s counts non-padding to
 Peak memory per step above the memory resident before it: CUDA ``torch.cuda.max_memory_allocated``; CPU the
 process's resident high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``; glibc is told to return
 every allocation >= 64 KiB at once so the mark follows live tensors), as ``bench_lm_loss.py`` measures. The
-reported peak is the largest over the timed steps. Writes ``benchmarks/results/vs_trl_<device>_<dtype>.json``.
+reported peak is the largest over the timed steps. Writes ``benchmarks/results/vs_trl_<model>_v<vocab>_<device>_<dtype>.json``.
 
     python benchmarks/bench_vs_trl.py                                   # CPU: tiny Llama pair, 32k vocab
     python benchmarks/bench_vs_trl.py --device cuda --dtype bfloat16 --model bench_llama --vocab 131072 \\
@@ -203,7 +203,7 @@ def rel(a: float, b: float) -> float:
 # --------------------------------------------------------------------------- driver
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.student.config.hidden_size=64")
     p.add_argument("--model", default="tiny_llama", help="a conf/model group with a Llama-style pair")
@@ -219,62 +219,83 @@ def main() -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    args = p.parse_args()
-    if "trl" not in args.variants:
-        raise SystemExit("--variants must include trl: every ratio is against it")
+    return p
 
-    warnings.filterwarnings("ignore")
-    logging.getLogger("transformers").setLevel(logging.ERROR)
-    torch.set_num_threads(args.threads)
-    cfg = compose_config(args)
-    tokenizer = load_tokenizer(cfg.model.tokenizer, None, cfg.model.pad_token)
-    rows, batches, collator = build_batches(cfg, tokenizer, args)
-    head = TASK_KINDS.get("causal_lm").head(None)
-    set_seed(args.seed)
-    teacher = build_model(cfg.model.teacher, head, cfg.model.attn_implementation).to(args.device)
-    student0 = build_model(cfg.model.student, head, cfg.model.attn_implementation).to(args.device)
-    teacher.requires_grad_(False).eval()
-    out = Path(tempfile.mkdtemp(prefix="bench_vs_trl_"))
 
-    trainers: dict[str, Any] = {}
-    models: dict[str, Any] = {}
-    for name in args.variants:
-        student = copy.deepcopy(student0)
-        if name == "trl":
-            trainer = trl_trainer(student, teacher, tokenizer, rows, collator, out, args)
-        else:
-            chunk = args.chunk_size if name == "farlab_chunked" else None
-            trainer = farlab_trainer(student, teacher, cfg, tokenizer, rows, collator, chunk, out, args)
-        trainer.create_optimizer()
-        trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train()'s loop, read by training_step
-        trainers[name], models[name] = trainer, trainer.model
-    reference = reference_forward_kl(student0, teacher, {k: v.to(args.device) for k, v in batches[0].items()})
-    del student0
+class Bench:
+    """The pair, the batches and one Trainer per variant, each with its own copy of the same student."""
 
-    autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+    def __init__(self, args: argparse.Namespace) -> None:
+        if "trl" not in args.variants:
+            raise SystemExit("--variants must include trl: every ratio is against it")
+        self.args = args
+        self.cfg = cfg = compose_config(args)
+        tokenizer = load_tokenizer(cfg.model.tokenizer, None, cfg.model.pad_token)
+        rows, self.batches, collator = build_batches(cfg, tokenizer, args)
+        head = TASK_KINDS.get("causal_lm").head(None)
+        set_seed(args.seed)
+        teacher = build_model(cfg.model.teacher, head, cfg.model.attn_implementation).to(args.device)
+        student0 = build_model(cfg.model.student, head, cfg.model.attn_implementation).to(args.device)
+        teacher.requires_grad_(False).eval()
+        out = Path(tempfile.mkdtemp(prefix="bench_vs_trl_"))
+        self.trainers: dict[str, Any] = {}
+        for name in args.variants:
+            student = copy.deepcopy(student0)
+            if name == "trl":
+                trainer = trl_trainer(student, teacher, tokenizer, rows, collator, out, args)
+            else:
+                chunk = args.chunk_size if name == "farlab_chunked" else None
+                trainer = farlab_trainer(student, teacher, cfg, tokenizer, rows, collator, chunk, out, args)
+            trainer.create_optimizer()
+            trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train()'s loop, read by training_step
+            self.trainers[name] = trainer
+        batch0 = {k: v.to(args.device) for k, v in self.batches[0].items()}
+        self.reference = reference_forward_kl(student0, teacher, batch0)
+        self.autocast = torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
 
-    def step(name: str, batch: dict[str, torch.Tensor], check: bool = False) -> tuple[float, float | None]:
-        trainer = trainers[name]
-        with autocast:
-            loss = trainer.training_step(models[name], dict(batch))
-        norm = grad_norm(models[name]) if check else None
+    def step(self, name: str, batch: dict[str, torch.Tensor], check: bool = False) -> tuple[float, float | None]:
+        """One training step of ``name``: the loss, and the student's gradient norm before the update if ``check``."""
+        trainer = self.trainers[name]
+        with self.autocast:
+            loss = trainer.training_step(trainer.model, dict(batch))
+        norm = grad_norm(trainer.model) if check else None
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
         return float(loss), norm
 
-    # 1. equal losses (and gradients) on the same batch from the same weights, before any timing
-    check = {name: step(name, batches[0], check=True) for name in args.variants}
-    loss_tol, grad_tol = LOSS_RTOL[args.dtype], GRAD_RTOL[args.dtype]
-    print(f"check on batch 0: independent forward KL(teacher||student) at T=1 = {reference:.6f}")
+    def check(self) -> dict[str, tuple[float, float]]:
+        """The first step of every variant on batch 0 from the same weights: losses and gradient norms."""
+        return {name: self.step(name, self.batches[0], check=True) for name in self.args.variants}  # type: ignore[misc]
+
+
+def check_problems(check: dict[str, tuple[float, float]], reference: float, dtype: str) -> list[str]:
+    """Variants whose loss differs from the reference forward KL, or whose gradient norm from TRL's."""
+    loss_tol, grad_tol = LOSS_RTOL[dtype], GRAD_RTOL[dtype]
     problems = []
     for name, (loss, norm) in check.items():
         d_loss, d_grad = rel(loss, reference), rel(norm, check["trl"][1])
         print(f"  {name:<16} loss {loss:.8f} (rel diff {d_loss:.1e})  student grad norm {norm:.8g} "
               f"(vs trl {d_grad:.1e})")
         if d_loss > loss_tol or d_grad > grad_tol:
-            problems.append(name)
+            problems.append(f"{name} (loss rel diff {d_loss:.1e} > {loss_tol} or grad {d_grad:.1e} > {grad_tol})")
+    return problems
+
+
+def main() -> None:
+    args = parser().parse_args()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    torch.set_num_threads(args.threads)
+    bench = Bench(args)
+    cfg, batches, step = bench.cfg, bench.batches, bench.step
+
+    # 1. equal losses (and gradients) on the same batch from the same weights, before any timing
+    check = bench.check()
+    reference = bench.reference
+    print(f"check on batch 0: independent forward KL(teacher||student) at T=1 = {reference:.8f}")
+    problems = check_problems(check, reference, args.dtype)
     if problems:
-        raise SystemExit(f"losses/gradients differ beyond rtol {loss_tol}/{grad_tol} for {problems}: not timing")
+        raise SystemExit(f"not timing: {problems}")
 
     # 2. warmup, then interleaved timed steps with per-step peaks
     meter = PeakMeter(args.device)
@@ -327,9 +348,10 @@ def main() -> None:
               f"{r['throughput_vs_trl']:>14.3f}{r['peak_vs_trl']:>13.3f}{r['last_loss']:>11.5f}")
     import trl as trl_pkg
 
-    write_result(f"vs_trl_{args.device}_{args.dtype}", {
+    vocab = int(cfg.model.student.config.vocab_size)
+    write_result(f"vs_trl_{args.model}_v{vocab}_{args.device}_{args.dtype}", {
         "device": device_name, "dtype": args.dtype, "model": args.model,
-        "vocab": int(cfg.model.student.config.vocab_size), "batch": args.batch, "max_length": args.max_length,
+        "vocab": vocab, "batch": args.batch, "max_length": args.max_length,
         "chunk_size": args.chunk_size, "steps": args.steps, "warmup": args.warmup, "tokens_timed": tokens,
         "threads": args.threads, "overrides": list(args.overrides), "peak_method": meter.method,
         "reference_forward_kl": reference, "loss": "forward KL(teacher||student), T=1, response tokens; "
