@@ -20,6 +20,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 ChunkFn = Callable[[list[Tensor], Tensor], Tensor]  # (per-stream outputs [n, V], row ids [n]) -> scalar sum
+# Optional closed form: (per-stream outputs, which the function owns and may overwrite; row ids) ->
+# (scalar sum, d sum / d output for each stream, None where no gradient is needed).
+GradFn = Callable[[list[Tensor], Tensor], tuple[Tensor, list[Tensor | None]]]
 
 
 @dataclass
@@ -50,6 +53,7 @@ class _Plan:
     rows: Tensor
     chunk_fn: ChunkFn
     chunk_size: int
+    grad_fn: GradFn | None = None
 
     def chunks(self):
         for start in range(0, self.rows.numel(), self.chunk_size):
@@ -73,7 +77,11 @@ class _ChunkedRowsSum(torch.autograd.Function):
             for t, need, is_src in zip(tensors, needs, flags)
         ]
         total = torch.zeros((), dtype=torch.float32, device=plan.rows.device)
+        closed_form = plan.grad_fn is not None and all(s.is_linear or s.head is None for s in plan.streams)
         for idx in plan.chunks():
+            if closed_form:
+                total += _closed_form_chunk(plan, tensors, needs, flags, grads, idx)
+                continue
             with torch.enable_grad():
                 outs, leaves, owners, pos = [], [], [], 0
                 for s in plan.streams:
@@ -97,8 +105,11 @@ class _ChunkedRowsSum(torch.autograd.Function):
                     pos += n
                 loss = plan.chunk_fn(outs, idx)
                 wanted = [i for i, leaf in enumerate(leaves) if leaf.requires_grad]
-                got = (torch.autograd.grad(loss, [leaves[i] for i in wanted], allow_unused=True)
+                targets = [leaves[i] for i in wanted]
+                del outs, out, leaves  # a frozen teacher's chunk logits need not live on through backward
+                got = (torch.autograd.grad(loss, targets, allow_unused=True)
                        if wanted and loss.requires_grad else [None] * len(wanted))
+                del targets
             total += loss.detach().float()
             for i, g in zip(wanted, got):
                 if g is not None:
@@ -111,6 +122,36 @@ class _ChunkedRowsSum(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         grads, ctx.grads = ctx.grads, None
         return (None, *[None if g is None else g.mul_(grad_out) for g in grads])
+
+
+@torch.no_grad()
+def _closed_form_chunk(plan: _Plan, tensors: Sequence[Tensor], needs: Sequence[bool], flags: list[bool],
+                       grads: list, idx: Tensor) -> Tensor:
+    """One chunk through ``plan.grad_fn``: no autograd graph, so no saved activations; the function may work
+    in place on the chunk's outputs (a closed-form forward-KL gradient needs ~3 chunk-sized buffers, autograd ~9)."""
+    outs, owners, pos = [], [], 0
+    for s in plan.streams:
+        n = 1 + len(s.params)
+        x = tensors[pos].detach().index_select(0, idx)
+        if s.head is None:
+            outs.append(x)
+            owners.append((pos, None, None))
+        else:
+            p = dict(zip(s.names, tensors[pos + 1 : pos + n]))
+            bias = p.get("bias")
+            outs.append(nn.functional.linear(x, p["weight"].detach(), None if bias is None else bias.detach()))
+            owners.append((pos, s, x))
+        pos += n
+    loss, out_grads = plan.grad_fn(outs, idx)  # type: ignore[misc]
+    del outs
+    for owner, g, s in zip(owners, out_grads, plan.streams):
+        first = owner[0]
+        if not any(needs[first : first + 1 + len(s.params)]):
+            continue
+        if g is None:
+            raise RuntimeError("chunked_rows_sum: grad_fn gave no gradient for a stream that requires grad")
+        _accumulate(grads, tensors, flags, owner, g, idx)
+    return loss.float()
 
 
 def _accumulate(
@@ -140,17 +181,21 @@ def _source_flags(plan: _Plan) -> list[bool]:
     return [flag for s in plan.streams for flag in (True, *([False] * len(s.params)))]
 
 
-def chunked_rows_sum(streams: Sequence[Stream], rows: Tensor, chunk_fn: ChunkFn, chunk_size: int) -> Tensor:
+def chunked_rows_sum(
+    streams: Sequence[Stream], rows: Tensor, chunk_fn: ChunkFn, chunk_size: int, grad_fn: GradFn | None = None
+) -> Tensor:
     """``sum over chunks of chunk_fn([stream outputs for these rows], rows_chunk)``, O(chunk) logit memory.
 
     ``rows`` selects which rows of every stream's ``source`` count (e.g. response positions); ``chunk_fn``
     returns the scalar *sum* for its rows, so the caller divides by the global count. Gradients reach
     every source and head parameter that requires grad (tied weights included). Under ``torch.no_grad``
-    (or when nothing requires grad) it is a plain loop.
+    (or when nothing requires grad) it is a plain loop. ``grad_fn`` (same value as ``chunk_fn``, with the
+    gradients w.r.t. the outputs in closed form) replaces autograd while training when every stream is a plain
+    linear head or has no head.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive number of rows, got {chunk_size}")
-    plan = _Plan(list(streams), rows, chunk_fn, chunk_size)
+    plan = _Plan(list(streams), rows, chunk_fn, chunk_size, grad_fn)
     tensors = [t for s in plan.streams for t in (s.source, *s.params)]
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _ChunkedRowsSum.apply(plan, *tensors)

@@ -245,6 +245,22 @@ def divergence(
     mix: float = 0.5,
 ) -> Tensor:
     """Per-position divergence ``name`` between full logits ``[..., V]`` -> ``[...]`` (float32)."""
+    return divergence_and_target(name, student_logits, teacher_logits, temperature=temperature, beta=beta,
+                                 skew=skew, mix=mix)[0]
+
+
+def divergence_and_target(
+    name: str,
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    skew: float = 0.1,
+    mix: float = 0.5,
+) -> tuple[Tensor, Tensor]:
+    """:func:`divergence` and the teacher's softened log-probs (detached), so a caller that also wants the
+    target (e.g. its entropy) does not soften the full ``[..., V]`` teacher logits a second time."""
     d = DIVERGENCES.get(name)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -252,9 +268,12 @@ def divergence(
             f"{tuple(teacher_logits.shape)} differ; response losses need one shared vocabulary"
         )
     if d.on_logits is not None:
-        return d.on_logits(floor_logits(student_logits), floor_logits(teacher_logits))
+        with torch.no_grad():
+            target = soften(teacher_logits.detach(), temperature)
+        return d.on_logits(floor_logits(student_logits), floor_logits(teacher_logits)), target
     ls, lt = soften(student_logits, temperature), soften(teacher_logits, temperature)
-    return divergence_from_logprobs(name, ls, lt, temperature=temperature, beta=beta, skew=skew, mix=mix)
+    values = divergence_from_logprobs(name, ls, lt, temperature=temperature, beta=beta, skew=skew, mix=mix)
+    return values, lt.detach()
 
 
 # --------------------------------------------------------------------------- named shortcuts

@@ -55,6 +55,11 @@ class DistillationObjective(nn.Module):
         return len(self.components) > 0 and self.alpha > 0
 
     @property
+    def uses_ce(self) -> bool:
+        """False for pure distillation (``ce_weight`` 0, no balancing against the CE): the CE need not be computed."""
+        return self.ce_weight != 0 or self.balance
+
+    @property
     def needs_hidden_states(self) -> bool:
         return any(c.needs_hidden_states for c in self.components.values())
 

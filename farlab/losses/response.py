@@ -34,11 +34,11 @@ from farlab.losses.base import COMPONENT_TYPES, BuildContext, DistillBatch, Loss
 from farlab.losses.chunked import Stream, chunked_rows_sum
 from farlab.losses.divergences import (
     DIVERGENCES,
+    NEG_LOGIT,
     TOPK_TAILS,
-    divergence,
+    divergence_and_target,
     divergence_from_logprobs,
     masked_mean,
-    soften,
     topk_logprobs,
 )
 
@@ -96,9 +96,8 @@ class ResponseLoss(LossComponent):
                 student_logits, teacher.ids, teacher.logprobs, temperature=self.temperature, tail=self.topk_tail
             )
             return divergence_from_logprobs(self.fn, ls, lt, **kw), _entropy(lt)
-        with torch.no_grad():
-            target = soften(teacher.detach(), self.temperature)
-        return divergence(self.fn, student_logits, teacher, **kw), _entropy(target)
+        values, target = divergence_and_target(self.fn, student_logits, teacher, **kw)
+        return values, _entropy(target)
 
     # ------------------------------------------------------------------ entry point
 
@@ -110,8 +109,15 @@ class ResponseLoss(LossComponent):
             raise ValueError(
                 "ResponseLoss needs student logits, or final_hidden + lm_head together with chunk_size"
             )
-        values, entropy = self._values_and_entropy(s.logits, _dense_teacher(batch.teacher))
+        student, teacher = s.logits, _dense_teacher(batch.teacher)
         mask = batch.response_mask if s.logits.dim() > 2 else None
+        if mask is not None and mask.shape == student.shape[:-1]:
+            # Only the rows the mean counts: prompt and padding rows are never softened (all rows: no copy).
+            rows = mask.reshape(-1).nonzero().squeeze(1)
+            if rows.numel() < mask.numel():
+                student, teacher = _rows(student, rows), _rows(teacher, rows)
+            mask = None
+        values, entropy = self._values_and_entropy(student, teacher)
         self.teacher_entropy = masked_mean(entropy, mask)
         return masked_mean(values, mask)
 
@@ -144,7 +150,17 @@ class ResponseLoss(LossComponent):
             entropy_sum = entropy_sum + entropy.sum()
             return values.sum()
 
-        total = chunked_rows_sum(streams, rows, chunk_sum, self.chunk_size or 1)
+        grad_fn = None
+        teacher_grad = any(x.requires_grad for st in streams[1:] for x in (st.source, *st.params))
+        if self.fn == "kl" and topk is None and not teacher_grad:  # a frozen dense teacher: closed-form gradient
+
+            def grad_fn(outs: list[Tensor], idx: Tensor) -> tuple[Tensor, list[Tensor | None]]:
+                nonlocal entropy_sum
+                value, entropy, grad = forward_kl_value_and_grad(outs[0], outs[1], self.temperature)
+                entropy_sum = entropy_sum + entropy
+                return value, [grad, None]
+
+        total = chunked_rows_sum(streams, rows, chunk_sum, self.chunk_size or 1, grad_fn)
         self.teacher_entropy = entropy_sum / max(rows.numel(), 1)
         return total / max(rows.numel(), 1)
 
@@ -155,9 +171,44 @@ _NO_TEACHER = "ResponseLoss needs teacher logits, final_hidden + lm_head, or top
 @torch.no_grad()
 def _entropy(logprobs: Tensor) -> Tensor:
     """Entropy (nats) of each distribution given as log-probs ``[..., K]``; zero-probability outcomes add 0."""
-    logprobs = logprobs.detach().float()
-    p = logprobs.exp()
-    return -torch.where(p > 0, p * logprobs, torch.zeros_like(p)).sum(dim=-1)
+    p = logprobs.detach().float().exp()
+    return -torch.special.xlogy(p, p).sum(dim=-1)  # xlogy(0, 0) = 0; two passes over [..., K], not four
+
+
+@torch.no_grad()
+def forward_kl_value_and_grad(student: Tensor, teacher: Tensor, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``T^2 KL(p_t || p_s)`` summed over rows, the teacher's entropy summed over rows, and the gradient of the first
+    w.r.t. the student logits, ``T (p_s - p_t)``, for ``[n, V]`` logits. Works in place on both inputs (the chunked
+    path owns them): three ``[n, V]`` float32 buffers plus one transient, where autograd through
+    :func:`divergence` keeps ~9. The value is ``divergence("kl", ...)``'s (same floor, temperature and float32
+    math, equal to float32 rounding)."""
+    ls, lt = _log_softmax_(student, temperature), _log_softmax_(teacher, temperature)
+    p_t = lt.exp()
+    entropy = -_row_dot(p_t, lt).sum()
+    value = _row_dot(p_t, lt.sub_(ls)).sum() * temperature**2  # lt is now log p_t - log p_s
+    grad = ls.exp_().sub_(p_t).mul_(temperature)  # ls is now T (p_s - p_t)
+    return value, entropy, grad
+
+
+def _log_softmax_(logits: Tensor, temperature: float) -> Tensor:
+    """:func:`soften` (float32, divided by T, floored at ``NEG_LOGIT``), in place for float32 inputs."""
+    z = logits if logits.dtype == torch.float32 else logits.float()
+    if temperature != 1.0:
+        z.div_(temperature)
+    z.clamp_min_(NEG_LOGIT).sub_(z.amax(dim=-1, keepdim=True))  # shift first, as log_softmax does
+    return z.sub_(z.exp().sum(dim=-1, keepdim=True).log_())
+
+
+def _row_dot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(-1)`` for ``[n, V]`` without an ``[n, V]`` product."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(-1)
+
+
+def _rows(x: TeacherTarget, rows: Tensor) -> TeacherTarget:
+    """Rows ``rows`` of ``[B, T, ...]`` logits (or of a TopK's ids and log-probs) flattened to ``[B*T, ...]``."""
+    if isinstance(x, TopK):
+        return TopK(_rows(x.ids, rows), _rows(x.logprobs, rows))  # type: ignore[arg-type]
+    return x.reshape(-1, x.shape[-1]).index_select(0, rows)
 
 
 def _dense_teacher(t: ModelView) -> TeacherTarget:

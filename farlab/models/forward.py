@@ -78,6 +78,24 @@ def run_model(
     )
 
 
+@torch.no_grad()
+def detached_lm_ce(view: ModelView, labels: Tensor, chunk_size: int | None = None) -> Tensor | None:
+    """The causal-LM CE the model itself would report for ``labels`` (mean over targets, the logit at t predicting
+    token t + 1), without grad: from the view's logits over the target rows only, or chunk by chunk through
+    ``final_hidden`` + ``lm_head``. None when the view has neither or its positions do not match ``labels``."""
+    shifted = torch.full_like(labels, -100)
+    shifted[:, :-1] = labels[:, 1:]
+    if view.logits is not None and view.logits.shape[:2] == labels.shape:
+        targets = shifted.reshape(-1)
+        rows = (targets != -100).nonzero().squeeze(1)
+        logits = view.logits.reshape(-1, view.logits.shape[-1]).index_select(0, rows)
+        return torch.nn.functional.cross_entropy(logits.float(), targets.index_select(0, rows), reduction="sum") / max(
+            rows.numel(), 1)
+    if view.final_hidden is not None and view.lm_head is not None and view.final_hidden.shape[:2] == labels.shape:
+        return chunked_lm_cross_entropy(view.final_hidden, view.lm_head, shifted, chunk_size or 1024)
+    return None
+
+
 def detached(view: ModelView) -> ModelView:
     """The same view with every tensor cut from the graph (distillation targets)."""
     cut = lambda t: None if t is None else t.detach()  # noqa: E731

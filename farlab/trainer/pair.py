@@ -19,7 +19,7 @@ from farlab.data.context import align_view, teacher_side, with_teacher_prompts
 from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import DistillBatch
 from farlab.losses.objective import DistillationObjective
-from farlab.models.forward import run_model
+from farlab.models.forward import detached_lm_ce, run_model
 from farlab.teachers.backends.base import TeacherBackend
 from farlab.teachers.backends.hf import HFBackend
 
@@ -55,6 +55,7 @@ class DistillationModule(nn.Module):
         self.detach_targets = detach_targets
         # Causal LMs with a chunked response loss never build the full [B, T, V] logits.
         self.chunk_size = objective.lm_chunk_size if task_kind.decoder_only else None
+        self.decoder_only = task_kind.decoder_only
         default_backend = HFBackend(teacher, chunk_size=self.chunk_size) if teacher is not None else None
         self.teacher_backend = backend if backend is not None else default_backend
         self.vocab_align, self.on_policy = vocab_align, on_policy
@@ -83,7 +84,13 @@ class DistillationModule(nn.Module):
         self.batches_seen += 1
         self.on_policy_batches += int(on_policy)
         ce_batch = gold_rows(batch)  # transfer rows (no gold label) never reach CE
-        ce, student_view = run_model(self.student, ce_batch, flags, self.chunk_size)
+        # Pure distillation of a decoder (ce_weight 0) keeps the student's CE out of the graph: it is logged, computed
+        # without grad over the target rows only, instead of a full-logit log-softmax kept for a backward times 0.
+        monitor_ce = self.decoder_only and not objective.uses_ce and "labels" in ce_batch
+        student_batch = {k: v for k, v in ce_batch.items() if k != "labels"} if monitor_ce else ce_batch
+        ce, student_view = run_model(self.student, student_batch, flags, self.chunk_size)
+        if monitor_ce:
+            ce = detached_lm_ce(student_view, ce_batch["labels"], self.chunk_size)
         ce = ce if not on_policy or ce is None else ce * 0.0  # no CE on its own samples
         if self.teacher_backend is None or not objective.needs_teacher:
             return objective(None, ce, step, max_steps)
