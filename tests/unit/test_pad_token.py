@@ -94,7 +94,8 @@ def test_a_run_with_a_new_pad_token_trains_end_to_end(llama3_dir, compose_cfg, t
     assert set(metrics["post"]["student"]) == {"bleu", "chrf"}
     saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
     assert saved.pad_token == "<|pad|>" and len(saved) == 1031
-    entry = next((tmp_path / "store").glob("europarl_en_fr-*"))
+    # the entry folder (the store also keeps a sibling <entry>.lock file)
+    entry = next(p for p in (tmp_path / "store").glob("europarl_en_fr-*") if p.is_dir())
     assert '"pad_token": "<|pad|>"' in (entry / "store_key.json").read_text()
 
 
