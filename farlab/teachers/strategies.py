@@ -7,6 +7,7 @@ the task first, through the teacher store); ``trainable`` decides frozen vs co-t
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, set_seed
 
+from farlab.config import ModelSpec
 from farlab.data.base import TaskData
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import build_model, check_vocab, head_for
 from farlab.models.lora import apply_lora
 from farlab.models.padding import fit_pad_token
-from farlab.models.precision import DEFAULT_DTYPE, torch_dtype
+from farlab.models.precision import torch_dtype
 from farlab.registry import Registry, unknown_choice_message
 from farlab.teachers.store import TeacherStore
 
@@ -113,16 +115,12 @@ def sft_store_material(settings: TeacherSettings) -> dict[str, Any]:
     """What identifies an SFT teacher: task (data and limits), teacher model (LoRA and dtype included), tokenizer
     (and an added pad token), seed, recipe.
 
-    Settings newer than the store that are at their defaults (dtype float32, no pad token) are left out, so the
-    entries stores already hold keep their keys.
+    Settings newer than the store that are at their defaults (dtype float32, no width pruning, no pad token) are
+    left out, so the entries stores already hold keep their keys.
     """
-    teacher = OmegaConf.to_container(settings.model.teacher, resolve=True)
-    if teacher.get("dtype") == DEFAULT_DTYPE:
-        del teacher["dtype"]
     material = {
-        "task": {k: v for k, v in OmegaConf.to_container(settings.task, resolve=True).items()
-                 if k not in UNUSED_BY_SFT},
-        "teacher": teacher,
+        "task": _task_material(settings.task),
+        "teacher": _teacher_spec_material(settings.model.teacher),
         "tokenizer": settings.model.tokenizer,
         "seed": settings.seed,
         "recipe": OmegaConf.to_container(settings.strategy.recipe, resolve=True),
@@ -130,6 +128,24 @@ def sft_store_material(settings: TeacherSettings) -> dict[str, Any]:
     if settings.model.get("pad_token") is not None:
         material["pad_token"] = settings.model.pad_token
     return material
+
+
+# ModelSpec fields added after stores were filled: at their schema defaults they change nothing about a teacher.
+LATER_SPEC_FIELDS = ("dtype", "width", "importance_examples")
+
+
+def _teacher_spec_material(spec: Any) -> dict[str, Any]:
+    teacher = OmegaConf.to_container(spec, resolve=True)
+    defaults = OmegaConf.to_container(OmegaConf.structured(ModelSpec), resolve=True)
+    return {k: v for k, v in teacher.items() if not (k in LATER_SPEC_FIELDS and v == defaults.get(k))}
+
+
+def _task_material(task: Any) -> dict[str, Any]:
+    """The task's fields less those the SFT teacher never uses; data paths made canonical (``os.path.realpath``), so
+    the same files reached from another checkout (``<repo>/../shared/data``) give the same key."""
+    fields = OmegaConf.to_container(task, resolve=True)
+    return {k: os.path.realpath(v) if isinstance(v, str) and k.endswith(("_dir", "_file")) else v
+            for k, v in fields.items() if k not in UNUSED_BY_SFT}
 
 
 def strategy_problems(ts: Any, plan: Any) -> list[str]:

@@ -79,3 +79,26 @@ def test_a_lock_left_by_a_killed_trainer_is_recovered(tmp_path):
     assert not reused and (path / "COMPLETE").is_file() and (path / "model.bin").read_text() == "b"
     assert not list((tmp_path / "store").glob(".*.staging-*"))  # the dead trainer's leftovers are gone
     assert store.get_or_train("cola-tiny-seed1", {"seed": 1}, lambda out: None) == (path, True)
+
+
+def test_store_key_ignores_later_spec_defaults_and_the_checkout_path(compose_cfg, tmp_path):
+    """An SFT teacher's key must not move when the schema grows fields a teacher does not use at their defaults
+    (dtype, width, importance_examples), nor when the same data is reached through another checkout."""
+    from farlab.teachers.store import store_key
+    from farlab.teachers.strategies import TeacherSettings, sft_store_material
+
+    data = tmp_path / "shared" / "data" / "cola"
+    data.mkdir(parents=True)
+    (tmp_path / "repo_a").mkdir()
+
+    def material(*extra: str) -> dict:
+        cfg = compose_cfg(["task=cola", "model=minilm", *extra])
+        return sft_store_material(TeacherSettings.from_run_config(cfg))
+
+    plain = material(f"task.data_dir={data}")
+    assert not {"dtype", "width", "importance_examples"} & set(plain["teacher"])
+    assert plain["task"]["data_dir"] == os.path.realpath(data)
+    via_checkout = material(f"task.data_dir={tmp_path / 'repo_a' / '..' / 'shared' / 'data' / 'cola'}")
+    assert store_key(via_checkout) == store_key(plain)
+    # a setting that changes the teacher still changes the key
+    assert store_key(material(f"task.data_dir={data}", "model.teacher.dtype=bfloat16")) != store_key(plain)
