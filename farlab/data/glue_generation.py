@@ -14,11 +14,9 @@ import string
 from typing import TYPE_CHECKING, Any
 
 import datasets
-from peft import TaskType
-from transformers import AutoModelForCausalLM
 
 from farlab.data.base import GenerationConfig, TaskData
-from farlab.data.kinds import TASK_KINDS, Head, TaskKind, lm_masks
+from farlab.data.kinds import TASK_KINDS, text_decoder_kind
 from farlab.data.translation import CausalLMCollator
 from farlab.errors import DataError
 from farlab.eval.loop import generate_texts
@@ -68,16 +66,7 @@ def score_verbalised(data: TaskData, predictions: list[str], references: list[st
     return {**compute_metrics(data.metrics, pred_ids, ref_ids), "unparsed_rate": unparsed / max(len(predictions), 1)}
 
 
-TASK_KINDS.add(VERBALISED, TaskKind(
-    VERBALISED,
-    head=lambda data: Head(AutoModelForCausalLM),
-    masks=lm_masks,
-    predict=generate_texts,
-    score=score_verbalised,
-    peft_task_type=TaskType.CAUSAL_LM,
-    vocabulary_logits=True,
-    decoder_only=True,
-))
+TASK_KINDS.add(VERBALISED, text_decoder_kind(VERBALISED, predict=generate_texts, score=score_verbalised))
 
 
 def verbalised_task(handler: GlueHandler, cfg: GlueTaskConfig, tokenizer: Any,
