@@ -19,7 +19,6 @@ from farlab.config import REPO_ROOT, register_configs
 from farlab.data import build_task_data
 from farlab.models.loading import load_tokenizer
 from farlab.teachers.backends.cache import prepare_cache
-from farlab.teachers.cache import TeacherCache
 from farlab.teachers.generations import teacher_targets
 from farlab.teachers.strategies import TeacherContext, TeacherSettings, prepare_teacher
 from farlab.trainer.sft import sft_fine_tuner
@@ -46,7 +45,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     data = teacher_targets(cfg.generate, gold, prepare_teacher)  # task.targets=teacher: cache the generated rows
     ctx = TeacherContext(settings, None, data, tokenizer, cfg.model.attn_implementation, plan, fine_tune=fine_tune)
     prepared = prepare_cache(ctx, prepare_teacher, force_build=True)
-    cache: TeacherCache = prepared.info["cache"]
+    cache = prepared.cache
+    assert cache is not None  # prepare_cache always opens one
     print(f"teacher cache: {cache.path} ({cache.nbytes() / 1e6:.1f} MB, {cache.meta['rows']} rows, k={cache.k})")
     return cache.path
 

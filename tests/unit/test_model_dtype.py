@@ -76,7 +76,7 @@ def test_the_hf_and_cache_backends_run_the_teacher_in_its_dtype(compose_cfg, tmp
         ctx = TeacherContext(TeacherSettings.from_run_config(cfg), None, data, tokenizer, None, plan)
         prepared = TEACHER_BACKENDS.get(backend).prepare(ctx, loader)
         assert _dtypes(seen[-1]) == {torch.bfloat16}, backend
-    assert prepared.info["loaded_teacher"]  # the cache was built by the bf16 teacher
+    assert prepared.loaded_teacher  # the cache was built by the bf16 teacher
 
 
 def test_dtype_is_part_of_the_store_and_cache_keys_and_float32_keeps_old_keys(compose_cfg):

@@ -11,13 +11,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from farlab.losses.base import ModelShape, ModelView, TopK
+
+if TYPE_CHECKING:
+    from farlab.teachers.cache import TeacherCache
 
 DEFAULT_TOP_K = 20  # cache/openai with teacher.top_k=null; vLLM's default --max-logprobs cap
 
@@ -52,7 +55,8 @@ class PreparedTeacher:
     shape: ModelShape | None = None  # the teacher's shape, for the loss builder
     vocab_size: int | None = None  # width of the teacher's logits; None = unknown (server)
     metrics: dict[str, Any] | None = None  # pre-training teacher metrics known without the model (cache)
-    info: dict[str, Any] = field(default_factory=dict)  # backend-specific provenance (the cache, the client)
+    cache: TeacherCache | None = None  # the opened top-k cache (teacher=cache): the cache CLI reports it
+    loaded_teacher: bool = False  # teacher=cache: this process loaded the teacher (to build or evaluate)
     on_student: bool = False  # make_backend gets the (LoRA-wrapped) student instead of a teacher (teacher=self)
 
 

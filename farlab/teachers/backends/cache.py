@@ -91,7 +91,8 @@ def prepare_cache(ctx: Any, load_teacher: Callable[[Any], Any], force_build: boo
         vocab_size=cache.vocab_size,
         metrics=metrics,
         make_backend=lambda _teacher: CacheBackend(cache, t_shape.num_layers),
-        info={"cache": cache, "loaded_teacher": bool(loaded)},
+        cache=cache,
+        loaded_teacher=bool(loaded),
     )
 
 

@@ -120,7 +120,7 @@ def prepare_openai(ctx: Any, load_teacher: Any = None) -> PreparedTeacher:
     except Exception:  # noqa: BLE001 - the teacher may exist only on the server; response losses need no shape
         shape = ModelShape(num_layers=0, hidden_size=0)
     return PreparedTeacher(model=None, shape=shape, vocab_size=None, metrics=None,
-                           make_backend=lambda _teacher: OpenAIBackend(client, k), info={"client": client})
+                           make_backend=lambda _teacher: OpenAIBackend(client, k))
 
 
 def validate_openai(cfg: Any, plan: Any) -> list[str]:
