@@ -30,6 +30,11 @@ class GenerationConfig:
     batch_size: int = 16
 
 
+def metric_fields(cfg: Any) -> dict[str, Any]:
+    """``TaskData.metrics`` and ``.primary_metric`` from a task config: the primary metric defaults to the first one."""
+    return {"metrics": list(cfg.metrics), "primary_metric": cfg.primary_metric or cfg.metrics[0]}
+
+
 @dataclass
 class TaskData:
     """Tokenized splits plus the facts the model loader and the evaluator need."""

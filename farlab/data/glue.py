@@ -25,7 +25,7 @@ import datasets
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from farlab.data.base import TaskData, check_eval_settings, typed_config
+from farlab.data.base import TaskData, check_eval_settings, metric_fields, typed_config
 from farlab.errors import DataError
 from farlab.registry import Registry, unknown_choice_message
 
@@ -150,8 +150,7 @@ class GlueHandler:
             eval=_tokenize(eval_rows, tokenizer, cfg.max_length),
             collator=DataCollatorWithPadding(tokenizer),
             label_names=list(layout.labels),
-            metrics=list(cfg.metrics),
-            primary_metric=cfg.primary_metric or cfg.metrics[0],
+            **metric_fields(cfg),
             eval_split_name=eval_name,
             tokenizer=tokenizer,
             info={

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 
-from farlab.data.base import GenerationConfig, TaskData
+from farlab.data.base import GenerationConfig, TaskData, metric_fields
 from farlab.data.kinds import TASK_KINDS, text_decoder_kind
 from farlab.data.translation import CausalLMCollator
 from farlab.errors import DataError
@@ -99,7 +99,7 @@ def verbalised_task(handler: GlueHandler, cfg: GlueTaskConfig, tokenizer: Any,
         [{**example(r), "prompt_ids": prompt_ids(r), "reference": words[r[1]]} for r in eval_rows])
     data = TaskData(
         name=cfg.name, kind=VERBALISED, train=train, eval=evaluation, collator=CausalLMCollator(tokenizer.pad_token_id),
-        label_names=words, metrics=list(cfg.metrics), primary_metric=cfg.primary_metric or cfg.metrics[0],
+        label_names=words, **metric_fields(cfg),
         eval_split_name=eval_name, tokenizer=tokenizer,
         generation=GenerationConfig(max_new_tokens=4, num_beams=1, batch_size=32),
         info={"train_rows": len(train_rows), "eval_rows": len(eval_rows)},

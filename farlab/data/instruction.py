@@ -17,7 +17,7 @@ from typing import Any, Optional
 import datasets
 from omegaconf import DictConfig
 
-from farlab.data.base import GenerationConfig, TaskData, check_eval_settings, typed_config
+from farlab.data.base import GenerationConfig, TaskData, check_eval_settings, metric_fields, typed_config
 from farlab.data.files import Record, check_sources, hub_records, read_records, seeded_limit, split_or_load
 from farlab.data.translation import CausalLMCollator
 from farlab.errors import DataError
@@ -100,8 +100,7 @@ class InstructionHandler:
             eval=datasets.Dataset.from_list(kept_eval),
             collator=CausalLMCollator(tokenizer.pad_token_id),
             label_names=[],
-            metrics=list(cfg.metrics),
-            primary_metric=cfg.primary_metric or cfg.metrics[0],
+            **metric_fields(cfg),
             eval_split_name=splits.eval_name,
             tokenizer=tokenizer,
             generation=cfg.generation,

@@ -31,7 +31,7 @@ from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from farlab.errors import DataError
-from farlab.data.base import check_eval_settings, GenerationConfig, TaskData, typed_config
+from farlab.data.base import GenerationConfig, TaskData, check_eval_settings, metric_fields, typed_config
 from farlab.registry import Registry, unknown_choice_message
 
 log = logging.getLogger(__name__)
@@ -471,8 +471,7 @@ class OCRHandler:
             eval=datasets.Dataset.from_list([{**_row(e), "reference": e.text} for e in evaluation]),
             collator=VisionLMCollator(encoder),
             label_names=[],
-            metrics=list(cfg.metrics),
-            primary_metric=cfg.primary_metric or cfg.metrics[0],
+            **metric_fields(cfg),
             eval_split_name=cfg.eval_split,
             tokenizer=processor,
             generation=cfg.generation,

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import datasets
 from omegaconf import DictConfig
 
-from farlab.data.base import TaskData, check_eval_settings, typed_config
+from farlab.data.base import TaskData, check_eval_settings, metric_fields, typed_config
 from farlab.data.files import check_sources, hub_records, read_many, seeded_limit, split_or_load
 from farlab.data.translation import CausalLMCollator
 from farlab.eval.lm import generation_metrics
@@ -72,8 +72,7 @@ class TextHandler:
             eval=datasets.Dataset.from_list(blocks["eval"]),
             collator=CausalLMCollator(tokenizer.pad_token_id),
             label_names=[],
-            metrics=list(cfg.metrics),
-            primary_metric=cfg.primary_metric or cfg.metrics[0],
+            **metric_fields(cfg),
             eval_split_name=splits.eval_name,
             tokenizer=tokenizer,
             info={"documents": {"train": len(splits.train), "eval": len(splits.eval)},

@@ -17,7 +17,7 @@ import datasets
 from omegaconf import DictConfig
 from transformers import DataCollatorWithPadding
 
-from farlab.data.base import TaskData, check_eval_settings, typed_config
+from farlab.data.base import TaskData, check_eval_settings, metric_fields, typed_config
 from farlab.data.files import Record, check_sources, hub_records, read_records, seeded_limit, split_or_load
 from farlab.errors import DataError
 
@@ -79,8 +79,7 @@ class TextClassificationHandler:
             eval=_tokenize(eval_ex, ids, tokenizer, cfg.max_length),
             collator=DataCollatorWithPadding(tokenizer),
             label_names=labels,
-            metrics=list(cfg.metrics),
-            primary_metric=cfg.primary_metric or cfg.metrics[0],
+            **metric_fields(cfg),
             eval_split_name=splits.eval_name,
             tokenizer=tokenizer,
             info={"train_rows": len(train_ex), "eval_rows": len(eval_ex),

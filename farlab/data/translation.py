@@ -18,7 +18,7 @@ import datasets
 import torch
 from omegaconf import DictConfig
 
-from farlab.data.base import GenerationConfig, TaskData, check_eval_settings, typed_config
+from farlab.data.base import GenerationConfig, TaskData, check_eval_settings, metric_fields, typed_config
 from farlab.data.context import TeacherPrompt
 from farlab.errors import DataError
 
@@ -110,8 +110,7 @@ class TranslationHandler:
             eval=datasets.Dataset.from_list([encoder.eval_example(s, t) for s, t in evaluation]),
             collator=CausalLMCollator(tokenizer.pad_token_id),
             label_names=[],
-            metrics=list(cfg.metrics),
-            primary_metric=cfg.primary_metric or cfg.metrics[0],
+            **metric_fields(cfg),
             eval_split_name=cfg.eval_split,
             tokenizer=tokenizer,
             info={

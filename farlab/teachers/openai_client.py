@@ -276,15 +276,8 @@ class CompletionsClient:
             "prompt_logprobs": k,
             "return_tokens_as_token_ids": True,
         }
-        choices = self._request("POST", "/completions", body).get("choices") or []
-        if len(choices) != len(prompts):
-            raise TeacherServerError(
-                f"the teacher server answered {len(choices)} choices for {len(prompts)} prompts"
-                + ("; it may not accept a list of prompts: set teacher.openai.prompts_per_request=1"
-                   if len(prompts) > 1 else "")
-            )
-        by_index = sorted(choices, key=lambda c: c.get("index", 0))
-        return [self._parse_choice(choice, list(ids), k) for choice, ids in zip(by_index, prompts)]
+        choices = self._choices(body, len(prompts), "prompts", "it may not accept a list of prompts")
+        return [self._parse_choice(choice, list(ids), k) for choice, ids in zip(choices, prompts)]
 
     def _text_request(self, prompts: list[list[int]], k: int) -> list[PromptTopK]:
         """``prompt_format=text``: decoded text prompts, answers mapped back onto the ids we sent."""
@@ -298,15 +291,16 @@ class CompletionsClient:
             "echo": True,
             "logprobs": k + codec.extra,  # room for entries whose text several ids share (left out)
         }
+        choices = self._choices(body, len(prompts), "text prompts", "llama-cpp-python takes one prompt per request")
+        return [codec.parse(choice, list(ids), k) for choice, ids in zip(choices, prompts)]
+
+    def _choices(self, body: dict[str, Any], n: int, what: str, why: str) -> list[dict[str, Any]]:
+        """POST /completions; its choices in prompt order, refused unless there is one per prompt."""
         choices = self._request("POST", "/completions", body).get("choices") or []
-        if len(choices) != len(prompts):
-            raise TeacherServerError(
-                f"the teacher server answered {len(choices)} choices for {len(prompts)} text prompts"
-                + ("; llama-cpp-python takes one prompt per request: set teacher.openai.prompts_per_request=1"
-                   if len(prompts) > 1 else "")
-            )
-        by_index = sorted(choices, key=lambda c: c.get("index", 0))
-        return [codec.parse(choice, list(ids), k) for choice, ids in zip(by_index, prompts)]
+        if len(choices) != n:
+            hint = f"; {why}: set teacher.openai.prompts_per_request=1" if n > 1 else ""
+            raise TeacherServerError(f"the teacher server answered {len(choices)} choices for {n} {what}{hint}")
+        return sorted(choices, key=lambda c: c.get("index", 0))
 
     def _parse_choice(self, choice: dict[str, Any], ids: list[int], k: int) -> PromptTopK:
         for name in FORMAT_PREFERENCE:
