@@ -6,7 +6,8 @@ the data-parallel training itself; farlab adds only what the Trainer does not kn
 
 * the run dir's bookkeeping (config.yaml, run_metadata.json, metrics.json, final/) is written by rank 0 alone;
 * evaluation runs once, on rank 0, and its result is broadcast (:func:`on_main`), so every rank sees the same
-  metrics and callbacks that act on them (early stopping) decide alike;
+  metrics and callbacks that act on them (early stopping) decide alike; under FSDP every rank first gathers the
+  whole parameters (:func:`unsharded`), so rank 0 alone can run forwards and write ``final/``;
 * write-once folders that every rank needs are built once (:func:`build_once_together`);
 * a stop signal is agreed across ranks (:func:`agreed_max`) so all ranks stop after the same step.
 
@@ -21,13 +22,14 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from farlab.atomic import build_locked, build_once, entry_lock, is_complete
 
@@ -117,14 +119,18 @@ class RemoteError(RuntimeError):
     """Rank 0 failed in a step the other ranks were waiting for (its own traceback is in its log)."""
 
 
-def on_main(fn: Callable[[], T]) -> T:
+def on_main(fn: Callable[[], T], whole: nn.Module | None = None) -> T:
     """Run ``fn`` on rank 0 only and hand its result to every rank (evaluation, run-dir decisions).
 
-    An exception on rank 0 is re-raised there and turned into :class:`RemoteError` on the others, so no rank is
-    left waiting for a result that never comes.
+    ``whole``: a model ``fn`` reads (the training pair); when FSDP shards it, every rank gathers its whole
+    parameters for the call (:func:`unsharded`). An exception on rank 0 is re-raised there and turned into
+    :class:`RemoteError` on the others, so no rank is left waiting for a result that never comes.
     """
     if not _active():
         return fn()
+    if whole is not None:
+        with unsharded(whole):
+            return on_main(fn)
     if is_main():
         try:
             result = fn()
@@ -136,6 +142,56 @@ def on_main(fn: Callable[[], T]) -> T:
     if status == "error":
         raise RemoteError(f"rank 0 failed: {value}")
     return value
+
+
+@contextmanager
+def unsharded(model: nn.Module) -> Iterator[None]:
+    """Every FSDP2-sharded part of ``model`` holds its whole parameters in the block (a collective: every rank
+    must enter), so one rank alone can run forwards and save the weights; sharded again on exit.
+
+    Pass the module FSDP wrapped last (the training pair): its own parameters (e.g. embeddings that no wrapped
+    block owns) belong to its group. Inside the block forwards leave the parameters whole
+    (``set_reshard_after_forward(False)``, PyTorch's documented way to run evals) and ``state_dict()`` returns
+    them whole (FSDP's pre-save hook, which would swap the shards back in, is suspended), so
+    ``save_pretrained`` writes the whole model. Each module's own settings are restored afterwards. A no-op
+    without FSDP.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    sharded = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not sharded:
+        yield
+        return
+    # Each module's reshard-after-forward state as fully_shard left it (no public getter), restored exactly.
+    states = [m._get_fsdp_state() for m in sharded]
+    before = [(st._auto_reshard_after_forward, [g.post_forward_mesh_info for g in st._fsdp_param_groups])
+              for st in states]
+    for module in sharded:
+        module.set_reshard_after_forward(False, recurse=False)
+        module.unshard()  # FSDP registers its state-dict hooks lazily, at the first unshard: take them after
+    # Forwards record their order for the next backward's prefetching; rank 0's extra forwards here must not
+    # reach it, or its all-gathers in the next backward would come in another order than the other ranks'.
+    groups = [g for st in states for g in st._fsdp_param_groups]
+    orders = {id(g.comm_ctx.post_forward_order): g.comm_ctx.post_forward_order for g in groups}
+    recorded = ({k: list(v) for k, v in orders.items()}, [list(g._post_forward_indices) for g in groups])
+    save_hooks = [(owner, handle.id, owner._state_dict_pre_hooks.pop(handle.id))
+                  for st in states for g in st._fsdp_param_groups
+                  for owner, handle in g._module_to_pre_save_state_dict_hook_handle.items()
+                  if handle.id in owner._state_dict_pre_hooks]
+    try:
+        yield
+    finally:
+        for owner, hook_id, hook in save_hooks:
+            owner._state_dict_pre_hooks[hook_id] = hook
+        for key, order in orders.items():
+            order[:] = recorded[0][key]
+        for group, indices in zip(groups, recorded[1]):
+            group._post_forward_indices[:] = indices
+        for module, state, (auto, infos) in zip(sharded, states, before):
+            state._auto_reshard_after_forward = auto
+            for group, info in zip(state._fsdp_param_groups, infos):
+                group.post_forward_mesh_info = info
+            module.reshard()
 
 
 def agreed_max(value: int) -> int:

@@ -154,7 +154,7 @@ def fit(cfg: DictConfig, setup: Setup, data: TaskData, tokenizer: Any, run_dir: 
     trainer = make_trainer(pair, data, tokenizer, run_dir, settings, cfg.seed, callbacks=[stop])
     eval_bs = cfg.train.eval_batch_size
     peak = PeakMetrics(lambda: distributed.on_main(lambda: evaluate_model(pair.student, data, eval_bs, "eval student",
-                                                                         False)),
+                                                                         False), whole=pair),
                        cfg.train.eval_steps, log_fn=trainer.log)
     trainer.add_callback(peak)
     if cfg.train.early_stopping.patience is not None:  # watches peak's evals of the primary metric
@@ -235,8 +235,8 @@ def run(cfg: DictConfig, run_dir: Path, stop: GracefulStop | None = None) -> dic
         harness.evaluate(pre_models, "pre") if harness else {}))  # eval.harness.tasks, if any
 
     fitted = fit(cfg, setup, data, tokenizer, run_dir, stop or GracefulStop())
-    post, post_extra, post_harness = distributed.on_main(
-        lambda: export_and_evaluate(setup, data, tokenizer, run_dir, eval_bs, progress, harness))
+    post, post_extra, post_harness = distributed.on_main(  # whole: every rank gathers an FSDP-sharded pair first
+        lambda: export_and_evaluate(setup, data, tokenizer, run_dir, eval_bs, progress, harness), whole=setup.pair)
     fitted.peak.record(post["student"], fitted.result.global_step)
 
     # The transfer gap uses the teacher the student actually learned from (post-training when co-trained).

@@ -58,12 +58,13 @@ def parallel_problems(train_cfg: Any) -> list[str]:
                         f"{processes} processes (DDP would not synchronise blocks unfrozen during training); "
                         "set it to 0, or train in one process")
     if train_cfg.fsdp.enabled and os.environ.get("FARLAB_FSDP_UNVERIFIED") != "1":
-        # Evaluation and export run on rank 0 alone (farlab.distributed.on_main), which holds only a shard under
-        # FSDP: the run would wait forever at its first evaluation. Refused until that path is built and checked
-        # on GPUs; benchmarks/gpu/fsdp_check.sh sets the variable to exercise it.
-        problems.append("train.fsdp.enabled=true is not usable yet: farlab evaluates and exports on rank 0 alone, "
-                        "which needs the whole student (DDP), so a sharded run would hang at its first evaluation; "
-                        "train with DDP (torchrun without train.fsdp), see docs/distributed.md")
+        # Rank 0's evaluation and export gather the sharded pair first (farlab.distributed.unsharded, tested with
+        # PyTorch's FSDP2 on CPU), but accelerate shards only on GPUs, so the Trainer-driven run has never been
+        # checked end to end. Refused until benchmarks/gpu/fsdp_check.sh (which sets the variable) passes on one.
+        problems.append("train.fsdp.enabled=true has not been run end to end yet (accelerate shards on GPUs only "
+                        "and no GPU check has passed): train with DDP (torchrun without train.fsdp), or set "
+                        "FARLAB_FSDP_UNVERIFIED=1 to try it as benchmarks/gpu/fsdp_check.sh does; "
+                        "see docs/distributed.md")
     elif train_cfg.fsdp.enabled and not distributed.launched():
         problems.append("train.fsdp.enabled=true shards across processes: launch with torchrun --nproc_per_node=N "
                         "or a multi-task SLURM job (hydra.launcher.tasks_per_node=N), see docs/distributed.md")

@@ -88,7 +88,7 @@ def test_parallel_problems(monkeypatch):
     assert parallel_problems(train_cfg(unfreeze={"frozen_blocks": 2})) == []  # one process: fine
     monkeypatch.delenv("FARLAB_FSDP_UNVERIFIED", raising=False)
     [problem] = parallel_problems(train_cfg(fsdp={"enabled": True}))
-    assert "not usable yet" in problem and "hang" in problem  # refused until evaluation/export under FSDP exist
+    assert "not been run end to end" in problem and "FARLAB_FSDP_UNVERIFIED=1" in problem  # until a GPU check
     monkeypatch.setenv("FARLAB_FSDP_UNVERIFIED", "1")  # the GPU check script's way in
     [problem] = parallel_problems(train_cfg(fsdp={"enabled": True}))
     assert "torchrun" in problem and "train.fsdp.enabled" in problem
