@@ -41,7 +41,7 @@ def teacher_rows(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(sweeps: list[str], loss: str | None) -> None:
-    results = pd.concat([pd.read_csv(Path(s) / "results.csv").assign(sweep=s) for s in sweeps], ignore_index=True)
+    results = pd.concat([pd.read_csv(Path(s) / "results.csv", dtype={"run_dir": str}).assign(sweep=s) for s in sweeps], ignore_index=True)
     if loss is not None:  # a co-trained teacher depends on the loss it was trained with
         results = results[results["loss"] == loss]
     table = teacher_rows(results)

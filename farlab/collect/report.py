@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from farlab.collect.factors import BASELINE_LABEL, SHARED
-from farlab.collect.runs import RECIPE_KEYS, Skipped
+from farlab.collect.runs import RECIPE_KEYS, VARIANT_MARK, Skipped
 from farlab.collect.stats import CONFIDENCE, MIN_TEACHER_GAP, Anova, CrossTask, Paired
 from farlab.collect.tables import COLLAPSE_RATE, Table, aggregate, fmt_num, fmt_value, md_table, to_csv
 
@@ -268,6 +268,10 @@ def results_md(tables: list[Table], groups: list[GroupStats], cross: CrossTask |
             f"FAR: active distillation factors (Feature, Attention, Response). {BASELINE_LABEL}: alpha 0 loads no "
             "teacher, so the teacher strategy has no effect: one cell per seed, spanning every strategy column."),
            ""]
+    if any(VARIANT_MARK in t.model for t in tables):
+        out += [("Variants: runs of one task and model whose other overrides differ (the label after "
+                 f"`{VARIANT_MARK.strip()}`) are separate experiments, each with its own tables; seeds are never "
+                 "pooled across them."), ""]
     by_group = {(g.task, g.model): g for g in groups}
     section = None
     for t in tables:

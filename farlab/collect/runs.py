@@ -7,12 +7,13 @@ interrupted, resubmitted and partial sweeps collect the same way as finished one
 
 from __future__ import annotations
 
+
 import glob
 import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -370,9 +371,37 @@ def _fmt_g(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
+# Overrides that place a run in its table (row, column, replicate), or say nothing about the experiment.
+CELL_KEYS = {"loss", "teacher_strategy", "seed", "experiment", "hydra"}
+VARIANT_MARK = " · "  # between the model name and a variant's label
+
+
+def split_variants(runs: list[Run]) -> list[Run]:
+    """Runs of one (task, model) whose other overrides differ (e.g. ``task.class_ratio=null,[0.9,0.1]`` swept
+    alongside the cells) are different experiments: each variant gets its own tables, its label appended to the
+    model name (``minilm · task.class_ratio=[0.9,0.1]``), instead of being pooled as extra seeds of one cell."""
+    def given(run: Run) -> dict[str, str]:
+        return {_override_key(o): o.split("=", 1)[1] if "=" in o else "" for o in run.overrides}
+
+    def varying(group: list[Run]) -> list[str]:
+        keys = {k for run in group for k in given(run) if k.split(".")[0] not in CELL_KEYS}
+        return sorted(k for k in keys if len({given(run).get(k, "(default)") for run in group}) > 1)
+
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.task, run.model), []).append(run)
+    out = []
+    for group in groups.values():
+        keys = varying(group)
+        for run in group:
+            label = ", ".join(f"{k}={given(run).get(k, '(default)')}" for k in keys)
+            out.append(replace(run, model=f"{run.model}{VARIANT_MARK}{label}") if keys else run)
+    return out
+
+
 def load_all(jobs: list[Path], out_dir: Path) -> tuple[list[Run], list[Skipped]]:
-    """Load every job dir (paths shown relative to the output dir), drop duplicate experiments and merge the
-    CE baseline's strategy copies."""
+    """Load every job dir (paths shown relative to the output dir), drop duplicate experiments, split variants
+    and merge the CE baseline's strategy copies."""
     runs: list[Run] = []
     skipped: list[Skipped] = []
     for job in jobs:
@@ -380,5 +409,5 @@ def load_all(jobs: list[Path], out_dir: Path) -> tuple[list[Run], list[Skipped]]
         rec = load_job(job, rel)
         (runs if isinstance(rec, Run) else skipped).append(rec)
     runs, dups = drop_duplicates(runs)
-    runs, merged = merge_baselines(runs)
+    runs, merged = merge_baselines(split_variants(runs))
     return runs, skipped + dups + merged

@@ -275,6 +275,24 @@ def test_duplicates_across_resubmitted_sweeps(real_sweep: Path, tmp_path: Path) 
     assert {(k.run_dir, k.status) for k in s.skipped} == {("../sweep1/0", "duplicate"), ("../sweep1/1", "failed")}
 
 
+def test_a_swept_override_beyond_the_cells_splits_the_tables(real_sweep: Path, tmp_path: Path) -> None:
+    """class_ratio swept next to the seeds: two experiments with one seed each, never one cell with two seeds."""
+    src = real_sweep / job_name("combined_f", "frozen_base", 1)
+    for name, ratio in (("a", "null"), ("b", "[0.9,0.1]")):
+        job = derive(src, tmp_path / name, 1)
+        meta = read_json(job / "run_metadata.json")
+        meta["overrides"] += [f"task.class_ratio={ratio}"]
+        (job / "run_metadata.json").write_text(json.dumps(meta))
+    mcc = read_json(src / "metrics.json")["post"]["student"]["mcc"]
+    s = collect.collect([str(tmp_path)], plots=False)
+    models = sorted({t.model for t in s.tables})
+    assert models == [f"{s.runs[0].model.split(' · ')[0]} · task.class_ratio={r}" for r in ("[0.9,0.1]", "null")]
+    assert all(c.n == 1 and c.mean == pytest.approx(mcc) for t in s.tables if t.metric == "post_student_mcc"
+               for c in t.cells.values())
+    md = (tmp_path / "results.md").read_text()
+    assert "Variants:" in md and "## cola / " in md and "task.class_ratio=[0.9,0.1]" in md
+
+
 def test_metric_option_and_nested_job_dirs(real_sweep: Path, tmp_path: Path) -> None:
     derive(real_sweep / job_name("combined_f", "frozen_base", 1), tmp_path / "task=a" / "b", 1)  # '/' nests dirs
     derive(real_sweep / job_name("combined_ce", "frozen_base", 1), tmp_path / "task=a", 1)
