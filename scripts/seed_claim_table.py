@@ -36,12 +36,14 @@ def teacher_rows(results: pd.DataFrame) -> pd.DataFrame:
                "seed": int(run["seed"]), "loss": run["loss"]}
         row |= {f"teacher {c}": run.get(f"{phase}_teacher_{c}") for c in COLUMNS}
         row["student ece"] = run.get("post_student_ece")
+        row["student max_class_rate"] = run.get("post_student_max_class_rate")
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def main(sweeps: list[str], loss: str | None) -> None:
-    results = pd.concat([pd.read_csv(Path(s) / "results.csv", dtype={"run_dir": str}).assign(sweep=s) for s in sweeps], ignore_index=True)
+    results = pd.concat([pd.read_csv(Path(s) / "results.csv", dtype={"run_dir": str}).assign(sweep=s)
+                         for s in sweeps], ignore_index=True)
     if loss is not None:  # a co-trained teacher depends on the loss it was trained with
         results = results[results["loss"] == loss]
     table = teacher_rows(results)
@@ -52,11 +54,12 @@ def main(sweeps: list[str], loss: str | None) -> None:
     # The teacher does not depend on the student's loss: one value per (task, ratio, teacher, seed) for frozen
     # SFT teachers, so the summary averages over seeds after collapsing duplicates.
     per_seed = per_run.groupby([*keys, "seed"], as_index=False).mean(numeric_only=True)
+    measured = [c for c in ("ece", "mean_confidence", "accuracy", "mcc")  # mcc: CoLA only
+                if f"teacher {c}" in per_seed and per_seed[f"teacher {c}"].notna().any()]
     summary = per_seed.groupby(keys).agg(
         seeds=("seed", "nunique"),
-        **{f"{c} mean": (f"teacher {c}", "mean") for c in ("ece", "mean_confidence", "accuracy", "mcc")},
-        **{f"{c} min": (f"teacher {c}", "min") for c in ("ece",)},
-        **{f"{c} max": (f"teacher {c}", "max") for c in ("ece",)},
+        **{f"{c} mean": (f"teacher {c}", "mean") for c in measured},
+        **{"ece min": ("teacher ece", "min"), "ece max": ("teacher ece", "max")},
     ).reset_index()
     print("\n## Mean over seeds\n")
     print(summary.to_markdown(index=False, floatfmt=".4f"))
