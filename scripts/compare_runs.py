@@ -38,7 +38,9 @@ def row(label: str, run_dir: Path) -> dict[str, Any]:
 
 
 def _plain(value: Any) -> Any:
-    """Lists (a class ratio) as text: pandas would otherwise try to spread them over rows."""
+    """Lists (a class ratio) as text, as pandas would otherwise spread them over rows; null as written in YAML."""
+    if value is None:
+        return "null"
     return str(OmegaConf.to_container(value)) if OmegaConf.is_config(value) else value
 
 
