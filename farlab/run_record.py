@@ -164,7 +164,8 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: node}
 
 
-def _irrelevant(key: str) -> bool:
+def irrelevant_key(key: str) -> bool:
+    """A setting that does not change the experiment (IRRELEVANT_KEYS; also the collector's rule for variants)."""
     return any(key == k or key.startswith(f"{k}.") for k in IRRELEVANT_KEYS)
 
 
@@ -182,7 +183,7 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]
         a, b = old.get(key, missing), cur.get(key, missing)
         if a is missing and (b is None or ADDED_OPTION_VALUES.get(key, missing) == b):
             continue
-        if a != b and not _irrelevant(key):
+        if a != b and not irrelevant_key(key):
             show = ["(absent)" if v is missing else repr(v) for v in (a, b)]
             diffs.append(f"{key}: {show[0]} -> {show[1]}")
     return diffs

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from farlab.collect.factors import SHARED, STRATEGY_ORDER, far_flags, is_baseline
+from farlab.run_record import irrelevant_key
 
 METADATA = "run_metadata.json"
 METRICS = "metrics.json"
@@ -303,9 +304,14 @@ def load_job(job: Path, rel: str) -> Run | Skipped:
                end_time=str(meta.get("end_time") or ""), recipe=recipe_of(cfg), **ident)
 
 
+def experiment_overrides(run: Run) -> tuple[str, ...]:
+    """The run's overrides that define its experiment (threads, progress bars and the like left out)."""
+    return tuple(sorted(o for o in run.overrides if not irrelevant_key(_override_key(o))))
+
+
 def experiment_key(run: Run) -> tuple:
     """Runs with the same names, seed and overrides are the same experiment; without overrides we cannot tell."""
-    key = (run.task, run.model, run.loss, run.teacher_strategy, str(run.seed), tuple(sorted(run.overrides)))
+    key = (run.task, run.model, run.loss, run.teacher_strategy, str(run.seed), experiment_overrides(run))
     return key if run.overrides else key + (run.run_dir,)
 
 
@@ -330,7 +336,7 @@ def _override_key(override: str) -> str:
 
 def baseline_key(run: Run) -> tuple:
     """CE baseline runs that differ only in their teacher strategy (and its settings) are one experiment."""
-    rest = tuple(sorted(o for o in run.overrides if _override_key(o).split(".")[0] != "teacher_strategy"))
+    rest = tuple(o for o in experiment_overrides(run) if _override_key(o).split(".")[0] != "teacher_strategy")
     return (run.task, run.model, run.loss, str(run.seed), rest)
 
 
@@ -379,12 +385,14 @@ VARIANT_MARK = " · "  # between the model name and a variant's label
 def split_variants(runs: list[Run]) -> list[Run]:
     """Runs of one (task, model) whose other overrides differ (e.g. ``task.class_ratio=null,[0.9,0.1]`` swept
     alongside the cells) are different experiments: each variant gets its own tables, its label appended to the
-    model name (``minilm · task.class_ratio=[0.9,0.1]``), instead of being pooled as extra seeds of one cell."""
+    model name (``minilm · task.class_ratio=[0.9,0.1]``), instead of being pooled as extra seeds of one cell.
+    Settings that do not change the experiment (threads, progress bars, what is kept on disk: the run record's
+    rule) never make a variant."""
     def given(run: Run) -> dict[str, str]:
         return {_override_key(o): o.split("=", 1)[1] if "=" in o else "" for o in run.overrides}
 
     def varying(group: list[Run]) -> list[str]:
-        keys = {k for run in group for k in given(run) if k.split(".")[0] not in CELL_KEYS}
+        keys = {k for run in group for k in given(run) if k.split(".")[0] not in CELL_KEYS and not irrelevant_key(k)}
         return sorted(k for k in keys if len({given(run).get(k, "(default)") for run in group}) > 1)
 
     groups: dict[tuple[str, str], list[Run]] = {}

@@ -276,19 +276,22 @@ def test_duplicates_across_resubmitted_sweeps(real_sweep: Path, tmp_path: Path) 
 
 
 def test_a_swept_override_beyond_the_cells_splits_the_tables(real_sweep: Path, tmp_path: Path) -> None:
-    """class_ratio swept next to the seeds: two experiments with one seed each, never one cell with two seeds."""
+    """class_ratio swept next to the seeds: two experiments, never one cell with their seeds pooled. A seed that ran
+    with another thread count is the same experiment (no variant of its own)."""
     src = real_sweep / job_name("combined_f", "frozen_base", 1)
-    for name, ratio in (("a", "null"), ("b", "[0.9,0.1]")):
-        job = derive(src, tmp_path / name, 1)
+    for name, seed, extra in (("a", 1, ["task.class_ratio=null"]), ("b", 1, ["task.class_ratio=[0.9,0.1]"]),
+                              ("c", 2, ["task.class_ratio=null", "train.num_threads=1"])):
+        job = derive(src, tmp_path / name, seed)
         meta = read_json(job / "run_metadata.json")
-        meta["overrides"] += [f"task.class_ratio={ratio}"]
+        meta["overrides"] += extra
         (job / "run_metadata.json").write_text(json.dumps(meta))
     mcc = read_json(src / "metrics.json")["post"]["student"]["mcc"]
     s = collect.collect([str(tmp_path)], plots=False)
     models = sorted({t.model for t in s.tables})
     assert models == [f"{s.runs[0].model.split(' · ')[0]} · task.class_ratio={r}" for r in ("[0.9,0.1]", "null")]
-    assert all(c.n == 1 and c.mean == pytest.approx(mcc) for t in s.tables if t.metric == "post_student_mcc"
-               for c in t.cells.values())
+    cells = {t.model.rsplit("=", 1)[1]: c for t in s.tables if t.metric == "post_student_mcc" for c in t.cells.values()}
+    assert {r: c.n for r, c in cells.items()} == {"[0.9,0.1]": 1, "null": 2}
+    assert all(c.mean == pytest.approx(mcc) for c in cells.values())
     md = (tmp_path / "results.md").read_text()
     assert "Variants:" in md and "## cola / " in md and "task.class_ratio=[0.9,0.1]" in md
 

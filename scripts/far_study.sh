@@ -1,0 +1,47 @@
+#!/bin/bash
+# The FAR study's remaining chunks (docs/results/far_study.md) as two queues of one-thread jobs, for a 2-core
+# machine: run `scripts/far_study.sh 1` and `scripts/far_study.sh 2` side by side. Two one-thread jobs train
+# 1.34x the samples per second of one two-thread job (measured: 66 + 66 vs 98 samples/s, MiniLM on CoLA).
+# Every chunk is a farlab sweep into a fixed sweep dir, so a re-run skips completed jobs and resumes an
+# interrupted one; both queues share the SFT-teacher store (built once, the other queue waits).
+#
+# Run from the frozen worktree the study started in (FARLAB_STUDY_SRC, commit ce93426): the training path is
+# the same, and its SFT-store keys match the teachers already stored. Jobs that already ran with two threads
+# (named ...train.num_threads=2...) are left out of the lists below, not run again under another name.
+set -u
+queue=${1:?usage: scripts/far_study.sh 1|2}
+SRC=${FARLAB_STUDY_SRC:-/work/sweep}
+OUT=${FARLAB_STUDY_OUT:-$(cd "$(dirname "$0")/.." && pwd)/multirun}
+PY=${PY:-python}
+common="model=minilm teacher_strategy.recipe.learning_rate=1e-4 train.num_threads=1 train.progress_bar=false"
+sst2="task.train_limit=8000 teacher_strategy=frozen_sft,cotrain_base"
+
+far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the sweep dir
+    local task=$1 seed=$2 losses=$3
+    shift 3
+    echo "=== queue $queue: $task seed $seed loss=$losses $* ($(date -u +%FT%TZ))"
+    (cd "$SRC" && $PY -m farlab.train -m +experiment=far_factorial task="$task" seed="$seed" loss="$losses" \
+        $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed") \
+        >> "$OUT/far_${task}_minilm_seed${seed}.queue$queue.log" 2>&1
+    echo "=== rc=$? ($(date -u +%FT%TZ))"
+}
+
+mkdir -p "$OUT"
+if [ "$queue" = 1 ]; then
+    far cola 1 combined_r teacher_strategy=cotrain_sft       # seed 1's F, A and three R jobs ran with 2 threads
+    far cola 1 combined_fr,combined_fa
+    far cola 2 combined_f,combined_a,combined_r,combined_fr
+    far sst2 1 combined_r teacher_strategy=cotrain_base task.train_limit=8000  # CE, R/frozen_sft: 2 threads
+    far sst2 1 combined_f,combined_a,combined_fr $sst2
+    far sst2 2 combined_f,combined_a,combined_r,combined_fr $sst2
+    far cola 3 combined_f,combined_a,combined_r,combined_fr
+    far sst2 3 combined_f,combined_a,combined_r,combined_fr $sst2
+else
+    far sst2 2 combined_ce,combined_r teacher_strategy=frozen_sft task.train_limit=8000  # issue 14's baselines
+    far cola 1 combined_ar,combined_far,combined_ce
+    far cola 2 combined_fa,combined_ar,combined_far,combined_ce
+    far sst2 1 combined_fa,combined_ar,combined_far $sst2
+    far sst2 2 combined_fa,combined_ar,combined_far,combined_ce $sst2
+    far cola 3 combined_fa,combined_ar,combined_far,combined_ce
+    far sst2 3 combined_fa,combined_ar,combined_far,combined_ce $sst2
+fi
