@@ -155,6 +155,10 @@ def unsharded(model: nn.Module) -> Iterator[None]:
     them whole (FSDP's pre-save hook, which would swap the shards back in, is suspended), so
     ``save_pretrained`` writes the whole model. Each module's own settings are restored afterwards. A no-op
     without FSDP.
+
+    Hand-written because PyTorch offers no "whole model on one rank for a while" for FSDP2 (its full state dict
+    helpers return tensors, not a module that can run forwards); it reads a few private FSDP2 attributes, so
+    tests/integration/test_fsdp_unsharded.py pins the behaviour at the pinned torch version.
     """
     from torch.distributed.fsdp import FSDPModule
 
@@ -173,7 +177,8 @@ def unsharded(model: nn.Module) -> Iterator[None]:
     # reach it, or its all-gathers in the next backward would come in another order than the other ranks'.
     groups = [g for st in states for g in st._fsdp_param_groups]
     orders = {id(g.comm_ctx.post_forward_order): g.comm_ctx.post_forward_order for g in groups}
-    recorded = ({k: list(v) for k, v in orders.items()}, [list(g._post_forward_indices) for g in groups])
+    orders_before = {key: list(order) for key, order in orders.items()}
+    indices_before = [list(g._post_forward_indices) for g in groups]
     save_hooks = [(owner, handle.id, owner._state_dict_pre_hooks.pop(handle.id))
                   for st in states for g in st._fsdp_param_groups
                   for owner, handle in g._module_to_pre_save_state_dict_hook_handle.items()
@@ -184,8 +189,8 @@ def unsharded(model: nn.Module) -> Iterator[None]:
         for owner, hook_id, hook in save_hooks:
             owner._state_dict_pre_hooks[hook_id] = hook
         for key, order in orders.items():
-            order[:] = recorded[0][key]
-        for group, indices in zip(groups, recorded[1]):
+            order[:] = orders_before[key]
+        for group, indices in zip(groups, indices_before):
             group._post_forward_indices[:] = indices
         for module, state, (auto, infos) in zip(sharded, states, before):
             state._auto_reshard_after_forward = auto

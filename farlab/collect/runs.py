@@ -7,7 +7,6 @@ interrupted, resubmitted and partial sweeps collect the same way as finished one
 
 from __future__ import annotations
 
-
 import glob
 import json
 import math
