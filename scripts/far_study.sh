@@ -31,7 +31,7 @@ if [ "$queue" = 1 ]; then
     far cola 1 combined_r teacher_strategy=cotrain_sft       # seed 1's F, A and three R jobs ran with 2 threads
     far cola 1 combined_fr,combined_fa
     far cola 2 combined_f,combined_a,combined_r,combined_fr
-    far sst2 1 combined_r teacher_strategy=cotrain_base task.train_limit=8000  # CE, R/frozen_sft: 2 threads
+    far sst2 1 combined_r $sst2                    # CE ran with 2 threads (R/frozen_sft was stopped unfinished)
     far sst2 1 combined_f,combined_a,combined_fr $sst2
     far sst2 2 combined_f,combined_a,combined_r,combined_fr $sst2
     far cola 3 combined_f,combined_a,combined_r,combined_fr
