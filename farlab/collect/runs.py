@@ -387,12 +387,13 @@ def split_variants(runs: list[Run]) -> list[Run]:
     model name (``minilm · task.class_ratio=[0.9,0.1]``), instead of being pooled as extra seeds of one cell.
     Settings that do not change the experiment (threads, progress bars, what is kept on disk: the run record's
     rule) never make a variant."""
-    def given(run: Run) -> dict[str, str]:
-        return {_override_key(o): o.split("=", 1)[1] if "=" in o else "" for o in run.overrides}
+    given = {id(run): {_override_key(o): o.split("=", 1)[1] if "=" in o else "" for o in run.overrides}
+             for run in runs}  # each run's overrides as key -> value, parsed once
 
     def varying(group: list[Run]) -> list[str]:
-        keys = {k for run in group for k in given(run) if k.split(".")[0] not in CELL_KEYS and not irrelevant_key(k)}
-        return sorted(k for k in keys if len({given(run).get(k, "(default)") for run in group}) > 1)
+        keys = {k for run in group for k in given[id(run)]
+                if k.split(".")[0] not in CELL_KEYS and not irrelevant_key(k)}
+        return sorted(k for k in keys if len({given[id(run)].get(k, "(default)") for run in group}) > 1)
 
     groups: dict[tuple[str, str], list[Run]] = {}
     for run in runs:
@@ -401,7 +402,7 @@ def split_variants(runs: list[Run]) -> list[Run]:
     for group in groups.values():
         keys = varying(group)
         for run in group:
-            label = ", ".join(f"{k}={given(run).get(k, '(default)')}" for k in keys)
+            label = ", ".join(f"{k}={given[id(run)].get(k, '(default)')}" for k in keys)
             out.append(replace(run, model=f"{run.model}{VARIANT_MARK}{label}") if keys else run)
     return out
 
