@@ -101,6 +101,20 @@ def init_from_env() -> None:
     log.info("process group: rank %d of %d (%s)", dist.get_rank(), dist.get_world_size(), backend)
 
 
+def shutdown(*, wait: bool) -> None:
+    """Destroy the process group before the interpreter exits (a no-op when there is none).
+
+    Left to interpreter teardown, gloo's worker threads can abort a rank that finished cleanly ("terminate called
+    without an active exception", SIGABRT): torchrun then fails the whole job. ``wait``: meet the other ranks first
+    (a clean finish); a failing or preempted rank must not wait for peers that may never come.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if wait:
+        barrier()
+    dist.destroy_process_group()
+
+
 def barrier() -> None:
     if _active():
         dist.barrier()

@@ -301,7 +301,12 @@ def main(cfg: DictConfig) -> float:
     try:
         metrics = execute(cfg, run_dir, list(hydra_cfg.overrides.task))
     except Preempted as err:
+        distributed.shutdown(wait=False)
         requeue_or_exit(err)  # submitit/SLURM requeue, or exit 75 (signals.PREEMPTED_EXIT_CODE)
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown(wait=True)
     return metrics["post"]["student"][metrics["primary_metric"]]
 
 

@@ -77,7 +77,7 @@ def main(out: Path) -> None:
     sharded = isinstance(pair.student.bert.embeddings.word_embeddings.weight, DTensor)
     loss = step(pair, optimizer, batch[rank::2])  # sharded again: the pair trains on, on every rank
     (out / f"rank{rank}.json").write_text(json.dumps({**result, "sharded_after": sharded, "next_loss": loss}))
-    distributed.barrier()
+    distributed.shutdown(wait=True)
 
 
 if __name__ == "__main__":

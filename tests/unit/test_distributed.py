@@ -57,8 +57,10 @@ def _worker(rank: int, root: str) -> None:
     entry, calls = root_path / "store" / "entry", root_path / "calls.jsonl"
     out["built_reused"] = [distributed.build_once_together(entry, build_into(calls)),
                            distributed.build_once_together(entry, build_into(calls))]
+    distributed.shutdown(wait=True)
+    out["after_shutdown"] = [dist.is_initialized(), distributed.world_size()]
+    distributed.shutdown(wait=True)  # twice: a no-op
     (root_path / f"rank{rank}.json").write_text(json.dumps(out))
-    dist.destroy_process_group()
 
 
 def test_two_processes_agree(tmp_path):
@@ -71,6 +73,7 @@ def test_two_processes_agree(tmp_path):
     assert r0["agreed"] == r1["agreed"] == 10
     assert r0["summed"] == r1["summed"] == [2.0, 1.0]
     assert r0["built_reused"] == r1["built_reused"] == [False, True]
+    assert r0["after_shutdown"] == r1["after_shutdown"] == [False, 1]  # torn down: nothing left for interpreter exit
     calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert sorted(c["rank"] for c in calls) == [0, 1]  # both ranks took part in the one build ...
     assert [p.name for p in (tmp_path / "store").iterdir() if p.is_dir()] == ["entry"]  # ... published once
