@@ -40,7 +40,7 @@ class TaskData:
     """Tokenized splits plus the facts the model loader and the evaluator need."""
 
     name: str
-    kind: str  # "classification" | "causal_lm": picks the model head, the masks and the evaluator
+    kind: str  # a TASK_KINDS name (farlab.data.kinds): picks the model head, the masks and the evaluator
     train: datasets.Dataset
     eval: datasets.Dataset
     collator: Callable[[list[dict[str, Any]]], dict[str, Any]]

@@ -19,7 +19,7 @@ from farlab.data.base import GenerationConfig, TaskData, metric_fields
 from farlab.data.kinds import TASK_KINDS, text_decoder_kind
 from farlab.data.translation import CausalLMCollator
 from farlab.errors import DataError
-from farlab.eval.loop import generate_texts
+from farlab.eval.lm import TextPredictions
 from farlab.eval.metrics import answer_word, compute_metrics
 
 if TYPE_CHECKING:
@@ -50,23 +50,24 @@ def verbaliser_problems(cfg: GlueTaskConfig) -> list[str]:
     return problems
 
 
-def score_verbalised(data: TaskData, predictions: list[str], references: list[str]) -> dict[str, Any]:
+def score_verbalised(data: TaskData, predictions: TextPredictions, references: list[str]) -> dict[str, Any]:
     """The task's metrics on label ids read from the answer words; an unparsed answer counts as wrong."""
+    texts = predictions.texts or []
     words = [answer_word(w) for w in data.label_names]
     n = len(words)
     ref_ids = [words.index(answer_word(r)) for r in references]
     pred_ids, unparsed = [], 0
-    for text, ref in zip(predictions, ref_ids, strict=True):
+    for text, ref in zip(texts, ref_ids, strict=True):
         word = answer_word(text)
         if word in words:
             pred_ids.append(words.index(word))
         else:
             unparsed += 1
             pred_ids.append((ref + 1) % n)
-    return {**compute_metrics(data.metrics, pred_ids, ref_ids), "unparsed_rate": unparsed / max(len(predictions), 1)}
+    return {**compute_metrics(data.metrics, pred_ids, ref_ids), "unparsed_rate": unparsed / max(len(texts), 1)}
 
 
-TASK_KINDS.add(VERBALISED, text_decoder_kind(VERBALISED, predict=generate_texts, score=score_verbalised))
+TASK_KINDS.add(VERBALISED, text_decoder_kind(VERBALISED, score=score_verbalised))
 
 
 def verbalised_task(handler: GlueHandler, cfg: GlueTaskConfig, tokenizer: Any,

@@ -95,7 +95,7 @@ class InstructionHandler:
                             f"{cfg.max_length} (train {len(kept_train)}, eval {len(kept_eval)}); raise it")
         return TaskData(
             name=cfg.name,
-            kind="language_model",
+            kind="causal_lm",
             train=datasets.Dataset.from_list([{**r, "example_id": i} for i, r in enumerate(kept_train)]),
             eval=datasets.Dataset.from_list(kept_eval),
             collator=CausalLMCollator(tokenizer.pad_token_id),

@@ -18,7 +18,7 @@ from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification
 
 from farlab.eval.lm import predict_lm, score_lm
-from farlab.eval.loop import generate_from_images, generate_texts, predict_probabilities, score_classification
+from farlab.eval.loop import generate_from_images, predict_probabilities, score_classification
 from farlab.eval.metrics import compute_metrics
 from farlab.registry import Registry
 
@@ -75,12 +75,12 @@ def score_generations(data: Any, predictions: Any, references: list[Any]) -> dic
 TASK_KINDS: Registry[TaskKind] = Registry("task kind")
 
 
-def text_decoder_kind(name: str, predict: Callable[..., tuple[Any, list[Any]]],
-                      score: Callable[[Any, Any, list[Any]], dict[str, Any]]) -> TaskKind:
-    """A kind whose model is a causal text decoder (masks, head, PEFT type and the chunked LM path shared); only how
-    it predicts and scores differs (translation, language modelling, GLUE as generation)."""
-    return TaskKind(name, head=lambda data: Head(AutoModelForCausalLM), masks=lm_masks, predict=predict, score=score,
-                    peft_task_type=TaskType.CAUSAL_LM, vocabulary_logits=True, decoder_only=True)
+def text_decoder_kind(name: str, score: Callable[[Any, Any, list[Any]], dict[str, Any]]) -> TaskKind:
+    """A kind whose model is a causal text decoder (masks, head, PEFT type, the chunked LM path and the eval pass
+    shared: :func:`farlab.eval.lm.predict_lm`, whose :class:`TextPredictions` every such kind scores); only how it
+    scores differs (text metrics and perplexity, GLUE as generation)."""
+    return TaskKind(name, head=lambda data: Head(AutoModelForCausalLM), masks=lm_masks, predict=predict_lm,
+                    score=score, peft_task_type=TaskType.CAUSAL_LM, vocabulary_logits=True, decoder_only=True)
 
 
 TASK_KINDS.add("classification", TaskKind(
@@ -92,7 +92,10 @@ TASK_KINDS.add("classification", TaskKind(
     peft_task_type=TaskType.SEQ_CLS,  # keeps the fresh classifier head trainable
     vocabulary_logits=False,
 ))
-TASK_KINDS.add("causal_lm", text_decoder_kind("causal_lm", predict=generate_texts, score=score_generations))
+# Causal text decoders on text targets (translation, instruction responses, plain text): scored by the likelihood
+# metrics the task lists (NLL/perplexity on the target tokens) and by the generation metrics it lists (BLEU, chrF,
+# ROUGE-L, ...) on greedy/beam generations of the eval prompts.
+TASK_KINDS.add("causal_lm", text_decoder_kind("causal_lm", score=score_lm))
 # Vision-language answers are masked like causal LM targets (image and prompt tokens carry label -100).
 TASK_KINDS.add("vision_lm", TaskKind(
     "vision_lm",
@@ -103,6 +106,3 @@ TASK_KINDS.add("vision_lm", TaskKind(
     peft_task_type=TaskType.CAUSAL_LM,  # the VLM forward takes pixel_values etc. as kwargs
     vocabulary_logits=True,
 ))
-# Language modelling on the data itself (instruction responses, plain text): scored by per-token NLL/perplexity
-# on the target tokens, plus generation metrics of the eval prompts when the task asks for them.
-TASK_KINDS.add("language_model", text_decoder_kind("language_model", predict=predict_lm, score=score_lm))

@@ -67,7 +67,7 @@ class TextHandler:
                                             ("eval", splits.eval, cfg.eval_limit))}
         return TaskData(
             name=cfg.name,
-            kind="language_model",
+            kind="causal_lm",
             train=datasets.Dataset.from_list([{**b, "example_id": i} for i, b in enumerate(blocks["train"])]),
             eval=datasets.Dataset.from_list(blocks["eval"]),
             collator=CausalLMCollator(tokenizer.pad_token_id),

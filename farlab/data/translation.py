@@ -45,7 +45,7 @@ class TranslationTaskConfig:
     eval_limit: Optional[int] = None
     targets: str = "gold"  # gold | teacher: train on the teacher's generations (farlab.teachers.generations)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
-    metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf"])
+    metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf", "perplexity"])
     primary_metric: Optional[str] = "bleu"
 
 
@@ -245,11 +245,15 @@ class PromptEncoder:
         }
 
     def eval_example(self, source: str, target: str, with_context: bool = False) -> dict[str, Any]:
+        """``prompt_ids`` to generate from, and the whole prompt + target sequence the likelihood metrics score
+        (both the teacher's, context included, for ``with_context``)."""
         kept, prompt = self._fit(source, self.cfg.max_length // 2)
+        sequence = self.training_example(source, target)
+        own = {k: v for k, v in sequence.items() if not k.startswith("teacher_")}
         if with_context and self.teacher is not None:
             prompt = self.teacher.prompt_ids(kept)
-        row = {k: v for k, v in self.training_example(source, target).items() if not k.startswith("teacher_")}
-        return {**row, "prompt_ids": prompt, "source": source, "reference": target}
+            own = {k.removeprefix("teacher_"): v for k, v in sequence.items() if k.startswith("teacher_")}
+        return {**own, "prompt_ids": prompt, "source": source, "reference": target}
 
 
 class CausalLMCollator:

@@ -1,12 +1,14 @@
-"""The eval loop of language-model tasks: per-token NLL on the target tokens, and generations when asked.
+"""The eval loop of causal text decoders: per-token NLL on the target tokens, and generations, each when asked.
 
-Instruction and plain-text tasks report perplexity over the tokens the loss trains on (labels != -100: the
-responses of an instruction task, every real token of a text block). Generation metrics (chrF, ROUGE-L, exact
-match) are computed only when the task lists one, from greedy/beam generations of the eval prompts.
+Likelihood metrics (NLL, perplexity) cover the tokens the loss trains on (labels != -100: a translation's target,
+the responses of an instruction task, every real token of a text block). Generation metrics (BLEU, chrF,
+ROUGE-L, exact match) come from greedy/beam generations of the eval prompts. Each pass runs only when the task
+lists one of its metrics.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -21,9 +23,22 @@ if TYPE_CHECKING:
     from farlab.data.base import TaskData
 
 
+@dataclass(frozen=True)
+class TextPredictions:
+    """What a text decoder's eval produced; each part is None when the task lists no metric that needs it."""
+
+    texts: list[str] | None = None  # a generation per eval prompt
+    nll: list[tuple[float, int]] | None = None  # (summed NLL in nats, target tokens) per eval row
+
+
 def generation_metrics(metrics: list[str]) -> list[str]:
     """The task's metrics that need generated text (everything but the likelihood metrics)."""
     return [m for m in metrics if m not in LIKELIHOOD_METRICS]
+
+
+def likelihood_metrics(metrics: list[str]) -> list[str]:
+    """The task's metrics computed from the target tokens' NLL (teacher-forced, no generation)."""
+    return [m for m in metrics if m in LIKELIHOOD_METRICS]
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,8 +52,18 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 @torch.no_grad()
 def predict_lm(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "eval", progress: bool = True
-) -> tuple[dict[str, Any], list[Any]]:
-    """``({"nll": [(sum, tokens), ...], "texts": generations or None}, references)`` on ``data.eval``."""
+) -> tuple[TextPredictions, list[Any]]:
+    """(:class:`TextPredictions`, the reference texts) on ``data.eval``."""
+    pairs = target_nll(model, data, batch_size, desc, progress) if likelihood_metrics(data.metrics) else None
+    texts, references = None, list(data.eval["reference"]) if "reference" in data.eval.column_names else []
+    if generation_metrics(data.metrics):
+        texts, references = generate_texts(model, data, batch_size, f"{desc} (generate)", progress)
+    return TextPredictions(texts=texts, nll=pairs), references
+
+
+def target_nll(model: torch.nn.Module, data: TaskData, batch_size: int, desc: str,
+               progress: bool) -> list[tuple[float, int]]:
+    """(summed NLL, target-token count) per eval row: the teacher-forced target given its prompt."""
     device = next(model.parameters()).device
     columns = ["input_ids", "attention_mask", "labels"]
     loader = DataLoader(data.eval.select_columns(columns), batch_size=batch_size, shuffle=False,
@@ -49,15 +74,14 @@ def predict_lm(
         labels = batch.pop("labels")
         sums, counts = sequence_nll(model(**batch).logits, labels)
         pairs += list(zip(sums.tolist(), counts.tolist(), strict=True))
-    texts, references = None, []
-    if generation_metrics(data.metrics):
-        texts, references = generate_texts(model, data, batch_size, f"{desc} (generate)", progress)
-    return {"nll": pairs, "texts": texts}, references
+    return pairs
 
 
-def score_lm(data: TaskData, predictions: dict[str, Any], references: list[Any]) -> dict[str, Any]:
-    likelihood = [m for m in data.metrics if m in LIKELIHOOD_METRICS]
-    scores = compute_metrics(likelihood, predictions["nll"], [None] * len(predictions["nll"]))
-    if predictions["texts"] is not None:
-        scores.update(compute_metrics(generation_metrics(data.metrics), predictions["texts"], references))
+def score_lm(data: TaskData, predictions: TextPredictions, references: list[Any]) -> dict[str, Any]:
+    scores: dict[str, Any] = {}
+    if predictions.nll is not None:
+        pairs = predictions.nll
+        scores.update(compute_metrics(likelihood_metrics(data.metrics), pairs, [None] * len(pairs)))
+    if predictions.texts is not None:
+        scores.update(compute_metrics(generation_metrics(data.metrics), predictions.texts, references))
     return scores

@@ -7,15 +7,18 @@ between the two columns of ``parity.json`` is the runtime.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 from scipy.special import softmax
 from torch.utils.data import DataLoader
 
 from farlab.data.base import TaskData
+from farlab.eval.lm import TextPredictions, likelihood_metrics, sequence_nll
 
 Logits = Callable[..., np.ndarray]
 
@@ -23,6 +26,9 @@ Logits = Callable[..., np.ndarray]
 # bits; 1e-4 absolute is ~100x the differences measured on tiny models and MiniLM (docs/export.md), far below
 # anything that moves a prediction unless two logits are within 1e-4 of each other.
 LOGIT_ATOL = {"float32": 1e-4}
+# Likelihood metrics (perplexity) are continuous in the logits, so they inherit the last-bit differences above
+# (measured 1e-9 relative on a tiny Llama); label and text metrics must match exactly.
+LIKELIHOOD_RTOL = 1e-6
 
 
 def _task_metrics(data: TaskData, predictions: Any, references: list[Any]) -> dict[str, Any]:
@@ -69,9 +75,24 @@ def greedy(fn: Logits, prompt: list[int], max_new_tokens: int, eos: int | None) 
     return out
 
 
+def target_nll(fn: Logits, data: TaskData, rows: int) -> list[tuple[float, int]] | None:
+    """The likelihood metrics' input from one runtime: each of the first ``rows`` eval sequences scored alone
+    (prompt + reference target; None when the task lists no likelihood metric)."""
+    if not likelihood_metrics(data.metrics):
+        return None
+    pairs = []
+    for row in data.eval.select(range(min(rows, len(data.eval)))):
+        ids = np.array([row["input_ids"]], dtype=np.int64)
+        logits = torch.from_numpy(fn(input_ids=ids, attention_mask=np.ones_like(ids)))
+        total, count = sequence_nll(logits, torch.tensor([row["labels"]]))
+        pairs.append((float(total[0]), int(count[0])))
+    return pairs
+
+
 def decoder_parity(data: TaskData, torch_fn: Logits, onnx_fn: Logits, rows: int, atol: float) -> dict[str, Any]:
     """Greedy generation on the first ``rows`` eval prompts in both runtimes (task metric on each), plus the
-    logits of one right-padded batch of prompt + PyTorch's output, compared at the real (unpadded) positions."""
+    logits of one right-padded batch of prompt + PyTorch's output, compared at the real (unpadded) positions.
+    Likelihood metrics (perplexity) score the same rows' reference targets in each runtime."""
     tokenizer, gen = data.tokenizer, data.generation
     prompts = [list(p) for p in data.eval["prompt_ids"][:rows]]
     references = list(data.eval["reference"][:rows])
@@ -95,13 +116,21 @@ def decoder_parity(data: TaskData, torch_fn: Logits, onnx_fn: Logits, rows: int,
         "tolerance": atol,
         "next_token_agreement": float((lt.argmax(-1) == lo.argmax(-1))[real].mean()),
         "identical_generations": sum(a == b for a, b in zip(outs_t, outs_o)),
-        "metric_pytorch": _task_metrics(data, texts_t, references),
-        "metric_onnx": _task_metrics(data, texts_o, references),
+        "metric_pytorch": _task_metrics(data, TextPredictions(texts_t, target_nll(torch_fn, data, rows)), references),
+        "metric_onnx": _task_metrics(data, TextPredictions(texts_o, target_nll(onnx_fn, data, rows)), references),
     })
 
 
+def _metrics_agree(ours: dict[str, Any], theirs: dict[str, Any]) -> bool:
+    """Equal, except the likelihood metrics: within :data:`LIKELIHOOD_RTOL` of each other."""
+    continuous = set(likelihood_metrics(list(ours)))
+    return ours.keys() == theirs.keys() and all(
+        math.isclose(ours[k], theirs[k], rel_tol=LIKELIHOOD_RTOL) if k in continuous else ours[k] == theirs[k]
+        for k in ours)
+
+
 def _verdict(data: TaskData, report: dict[str, Any]) -> dict[str, Any]:
-    report["metric_equal"] = report["metric_pytorch"] == report["metric_onnx"]
+    report["metric_equal"] = _metrics_agree(report["metric_pytorch"], report["metric_onnx"])
     report["within_tolerance"] = report["max_abs_logit_diff"] <= report["tolerance"]
     report["passed"] = report["metric_equal"] and report["within_tolerance"]
     report["primary_metric"] = data.primary_metric

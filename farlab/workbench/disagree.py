@@ -2,7 +2,8 @@
 
 Classification: agreement rate, a teacher x student confusion matrix, agreement per gold class, per-example
 KL(teacher || student), the largest disagreements with their text (Markdown), reliability diagrams of both.
-Generation: per-example metric deltas (student - teacher) and the worst examples side by side.
+Generation: per-example text-metric deltas (student - teacher), the worst examples side by side, and the corpus
+scores (perplexity included when the task lists it).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from scipy.special import rel_entr
 from sklearn.metrics import confusion_matrix
 
 from farlab.eval.calibration import ECE_BINS, calibration_metrics
+from farlab.eval.lm import TextPredictions, generation_metrics
 from farlab.eval.metrics import compute_metrics
-from farlab.workbench.loading import Model, RunContext, ToolOptions, seeded_subset
+from farlab.workbench.loading import Model, RunContext, ToolOptions, WorkbenchError, seeded_subset
 from farlab.workbench.outputs import print_table, reliability_bins, save_figure, write_csv, write_json
 
 
@@ -41,6 +43,9 @@ def _text(tokenizer: Any, ids: list[int]) -> str:
 
 def run_disagree(ctx: RunContext, opts: ToolOptions) -> dict[str, Any]:
     start = time.perf_counter()
+    if not ctx.classifies and not generation_metrics(ctx.data.metrics):
+        raise WorkbenchError(f"disagree compares generations, but task {ctx.data.name!r} lists no generation metric "
+                             f"({ctx.data.metrics}): add one, e.g. task.metrics=[chrf,perplexity]")
     data, rows = _subset(ctx, opts)
     teacher, student = ctx.teacher(), ctx.student_after()
     t_out, refs = _predict(teacher, data, opts, ctx)
@@ -103,12 +108,15 @@ def _classification(ctx: RunContext, data: Any, rows: np.ndarray, t_probs: np.nd
                      "reliability_bins": bins, "largest_disagreements": worst}
 
 
-def _generation(ctx: RunContext, data: Any, rows: np.ndarray, t_out: list[str], s_out: list[str], refs: list[str],
-                top: int, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    primary = data.primary_metric
+def _generation(ctx: RunContext, data: Any, rows: np.ndarray, t_pred: TextPredictions, s_pred: TextPredictions,
+                refs: list[str], top: int, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-example text metrics of the two generations (perplexity, a corpus measure, is in the corpus scores)."""
+    per_example = generation_metrics(data.metrics)
+    t_out, s_out = t_pred.texts or [], s_pred.texts or []
+    primary = data.primary_metric if data.primary_metric in per_example else per_example[0]
     examples = []
     for i, (r, t, s, ref) in enumerate(zip(rows, t_out, s_out, refs)):
-        t_scores, s_scores = compute_metrics(data.metrics, [t], [ref]), compute_metrics(data.metrics, [s], [ref])
+        t_scores, s_scores = compute_metrics(per_example, [t], [ref]), compute_metrics(per_example, [s], [ref])
         prompt = data.eval[i].get("prompt_ids")
         examples.append({"row": int(r), "delta": s_scores[primary] - t_scores[primary],
                          **{f"teacher_{k}": v for k, v in t_scores.items()},
@@ -128,7 +136,7 @@ def _generation(ctx: RunContext, data: Any, rows: np.ndarray, t_out: list[str], 
     save_figure(fig, out / "deltas.png")
     summary = {"agreement": float(np.mean([e["same_output"] for e in examples])),
                "mean_delta": float(deltas.mean()), "share_student_worse": float((deltas < 0).mean())}
-    corpus = {"teacher": compute_metrics(data.metrics, t_out, refs), "student": compute_metrics(data.metrics, s_out, refs)}
+    corpus = {"teacher": data.task_kind.score(data, t_pred, refs), "student": data.task_kind.score(data, s_pred, refs)}
     print_table(f"disagree (per-example {primary}, {len(rows)} eval prompts; {ctx.label})", ["", "teacher", "student"],
                 [(f"corpus {m}", corpus["teacher"][m], corpus["student"][m]) for m in data.metrics],
                 caption=f"identical outputs {summary['agreement']:.3f}, mean delta {summary['mean_delta']:.3f}; "

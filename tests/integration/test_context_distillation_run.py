@@ -34,7 +34,7 @@ def test_kl_on_response_positions_falls_when_only_the_teacher_sees_the_context(c
     metrics, kl = _run(compose_cfg, tmp_path, store_dir, "hf")
     assert _falls(kl), kl
     split = metrics["extra_eval"]["validation_with_context"]  # the eval prompts as the teacher sees them
-    assert set(split["pre"]) == {"student", "teacher"} and set(split["post"]["student"]) == {"bleu", "chrf"}
+    assert set(split["pre"]) == {"student", "teacher"} and set(split["post"]["student"]) == {"bleu", "chrf", "perplexity"}
     config = (tmp_path / "hf" / "config.yaml").read_text()
     assert CONTEXT in config  # recorded with the run
 

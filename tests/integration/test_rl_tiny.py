@@ -68,7 +68,7 @@ def test_grpo_with_teacher_reward_anchor_and_sft_warm_start(compose_cfg, tmp_pat
     # The farlab run dir and metrics.json layout.
     assert read(run_dir / "run_metadata.json")["status"] == "completed"
     assert read(run_dir / "metrics.json") == json.loads(json.dumps(metrics))
-    assert set(metrics["pre"]) == {"student", "teacher"} and set(metrics["post"]["student"]) == {"bleu", "chrf"}
+    assert set(metrics["pre"]) == {"student", "teacher"} and set(metrics["post"]["student"]) == {"bleu", "chrf", "perplexity"}
     assert metrics["transfer_gap"]["metric"] == "bleu" and metrics["train"]["global_step"] == STEPS
     assert metrics["rl"]["rewards"] == ["chrf", "length_penalty", "teacher_reverse_kl"]
     assert metrics["rl"]["weights"] == [1.0, 0.5, 0.5]

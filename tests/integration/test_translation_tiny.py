@@ -28,7 +28,7 @@ def test_translation_sft_and_kd_report_bleu_and_chrf(compose_cfg, tmp_path, stor
     for loss in ("ce", "response_kl"):
         overrides = _overrides(store_dir, loss=loss, teacher_strategy="frozen_sft")
         metrics = execute(compose_cfg(overrides), tmp_path / loss, overrides)
-        assert set(metrics["post"]["student"]) == {"bleu", "chrf"}
+        assert set(metrics["post"]["student"]) == {"bleu", "chrf", "perplexity"}
         assert metrics["primary_metric"] == "bleu" and metrics["eval_split"] == "validation"
         assert ("teacher" in metrics["pre"]) == (loss != "ce")
         on_disk = json.loads((tmp_path / loss / "metrics.json").read_text())

@@ -117,7 +117,7 @@ def test_instruction_task_from_files(bpe, tmp_path):
                              "max_length": 160, "metrics": ["perplexity"]})
     validate_task_config(task)
     data = build_task_data(task, bpe, seed=1)
-    assert data.info["format"] == "messages" and data.kind == "language_model"
+    assert data.info["format"] == "messages" and data.kind == "causal_lm"
     assert len(data.train) + len(data.eval) == 80 and data.eval_split_name == "train[10% seeded split]"
     bad = _write(tmp_path, "bad.jsonl", '{"instruction": "x", "output": "y"}\n{"instruction": "x"}\n')
     with pytest.raises(DataError, match=r"bad\.jsonl:2: record has no column 'output'"):

@@ -121,6 +121,10 @@ def test_rows_hold_the_teacher_sequence_with_the_context_and_the_same_answer():
     with_ctx = data.extra_eval["validation_with_context"]
     assert with_ctx["reference"] == data.eval["reference"]
     assert all(len(a) > len(b) for a, b in zip(with_ctx["prompt_ids"], data.eval["prompt_ids"]))
+    for ctx_row, row in zip(with_ctx, data.eval):  # perplexity with the context scores the teacher's sequence
+        n = sum(label != -100 for label in row["labels"])
+        assert ctx_row["labels"][-n:] == row["labels"][-n:] and sum(x != -100 for x in ctx_row["labels"]) == n
+        assert TOKENIZER.decode(ctx_row["input_ids"][:-n], skip_special_tokens=True).startswith(CONTEXT)
 
 
 def test_teacher_template_places_the_context_and_chat_puts_it_in_the_system_turn():

@@ -9,6 +9,7 @@ import pytest
 
 from farlab.data.glue import GlueLayout, GlueTaskConfig
 from farlab.data.glue_generation import score_verbalised, verbaliser_problems
+from farlab.eval.lm import TextPredictions
 from farlab.eval.metrics import answer_word
 
 
@@ -17,7 +18,7 @@ def test_answers_become_label_ids_and_unparsed_answers_count_as_wrong():
     predictions = ["Acceptable, clearly", "unacceptable.", "maybe", "UNACCEPTABLE"]
     references = ["acceptable", "unacceptable", "acceptable", "unacceptable"]
     # ids: refs [1, 0, 1, 0]; preds [1, 0, wrong -> 0, 0]: TP 1, TN 2, FN 1, FP 0.
-    got = score_verbalised(data, predictions, references)
+    got = score_verbalised(data, TextPredictions(texts=predictions), references)
     assert got["accuracy"] == 0.75 and got["unparsed_rate"] == 0.25
     assert got["mcc"] == pytest.approx((1 * 2 - 0 * 1) / math.sqrt((1 + 0) * (1 + 1) * (2 + 0) * (2 + 1)))
 

@@ -91,7 +91,7 @@ def test_a_run_with_a_new_pad_token_trains_end_to_end(llama3_dir, compose_cfg, t
                  "train.batch_size=4", "task.generation.max_new_tokens=2", "task.eval_limit=1", "train.num_threads=2",
                  f"teacher_strategy.store_dir={tmp_path / 'store'}"]
     metrics = execute(compose_cfg(overrides), tmp_path / "run", overrides)
-    assert set(metrics["post"]["student"]) == {"bleu", "chrf"}
+    assert set(metrics["post"]["student"]) == {"bleu", "chrf", "perplexity"}
     saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "final")
     assert saved.pad_token == "<|pad|>" and len(saved) == 1031
     # the entry folder (the store also keeps a sibling <entry>.lock file)

@@ -157,3 +157,31 @@ def test_chat_template_without_one_on_the_tokenizer_is_refused_early():
 def test_an_empty_metric_list_is_refused_by_name():
     with pytest.raises(DataError, match="task.metrics is empty; choose at least one of: .*bleu"):
         validate_task_config(_task(metrics=[]))
+
+
+def test_perplexity_is_the_reference_targets_and_needs_no_generation(monkeypatch):
+    """Perplexity of a translation task: exp(mean NLL of the reference target tokens given the prompt), over the
+    whole split; HF's own per-row loss is the independent reference. With no generation metric listed, nothing is
+    generated."""
+    import math
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import farlab.eval.lm
+    from farlab.eval.loop import evaluate_model
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(TOKENIZER), hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)).eval()
+    data = build_task_data(_task(eval_limit=3, metrics=["perplexity"], primary_metric="perplexity"), TOKENIZER, seed=0)
+    monkeypatch.setattr(farlab.eval.lm, "generate_texts", lambda *a, **k: pytest.fail("generated"))
+    scores = evaluate_model(model, data, batch_size=2, progress=False)
+    total = tokens = 0.0
+    with torch.no_grad():
+        for row in data.eval:
+            labels = torch.tensor([row["labels"]])
+            n = int((labels[0, 1:] != -100).sum())  # the shifted targets HF's loss averages over
+            total += model(input_ids=torch.tensor([row["input_ids"]]), labels=labels).loss.item() * n
+            tokens += n
+    assert set(scores) == {"perplexity"}
+    assert math.isclose(scores["perplexity"], math.exp(total / tokens), rel_tol=1e-5)
