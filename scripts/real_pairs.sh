@@ -1,0 +1,56 @@
+#!/bin/bash
+# The real-pairs measurements (docs/results/real_pairs.md): mpnet and MiniLM students on SST-2, SmolLM2 on Europarl
+# EN-FR, sized for a 2-core machine (one chunk = one seed of one pair, ~1 hour). Every chunk is a farlab sweep into
+# a fixed sweep dir, so a re-run skips completed runs and resumes an interrupted one; completed runs keep no
+# checkpoints and no final/ weights (the tables need metrics only).
+#
+#   scripts/real_pairs.sh mpnet 1          # one chunk: pair, seed
+#   scripts/real_pairs.sh all              # every chunk in order (seeds 1 and 2)
+#
+# Needs the materialised models: python -m farlab.models.materialize mpnet smollm2 (docs/models.md).
+# BEST_CELL: the FAR cell to run next to CE and response KD on SST-2 (the CoLA study's best; docs/results/far_study.md).
+set -u
+OUT=${REAL_PAIRS_OUT:-$(cd "$(dirname "$0")/.." && pwd)/multirun}
+PY=${PY:-python}
+BEST_CELL=${BEST_CELL:-combined_fr}
+THREADS=${THREADS:-2}
+common="train.num_threads=$THREADS train.progress_bar=false train.keep_checkpoints=none train.keep_final=false"
+
+# SST-2: a seeded 2,000-row train subset and the seeded validation split (3,368 rows), 2 epochs for teacher and
+# students; the teacher's SFT LR 3e-5 (a 12-block base model; the MiniLM study's 1e-4 is for 6 blocks).
+sst2="task=sst2 task.train_limit=2000 train.epochs=2 teacher_strategy=frozen_sft teacher_strategy.recipe.epochs=2 \
+teacher_strategy.recipe.learning_rate=3e-5 loss=combined_ce,combined_r,$BEST_CELL"
+# Europarl: 800 training pairs, 1 epoch at batch 8 (100 steps), 64 validation pairs generated greedily (64 new
+# tokens), SmolLM2's chat template. CE alone; response KL from the SFT teacher and from the base teacher (whose
+# pre-training scores are the teacher-before-SFT row).
+europarl="task=europarl_en_fr task.use_chat_template=true task.train_limit=800 task.eval_limit=64 train.epochs=1 \
+train.batch_size=8 train.eval_batch_size=8 teacher_strategy.recipe.epochs=1 teacher_strategy.recipe.batch_size=8"
+
+chunk() {  # chunk PAIR SEED
+    local pair=$1 seed=$2 args
+    case $pair in
+        mpnet | minilm) args="model=$pair $sst2" ; task=sst2 ;;
+        smollm2) task=europarl_en_fr ;;
+        *) echo "unknown pair '$pair': mpnet | minilm | smollm2" >&2; return 2 ;;
+    esac
+    local dir="$OUT/real_${pair}_${task}_seed$seed"
+    echo "=== $pair seed $seed -> $dir ($(date -u +%FT%TZ))"
+    if [ "$pair" = smollm2 ]; then
+        $PY -m farlab.train -m model=smollm2 $europarl seed="$seed" $common \
+            'loss=combined_ce,response_kl' teacher_strategy=frozen_sft hydra.sweep.dir="$dir" >> "$dir.log" 2>&1 &&
+        $PY -m farlab.train -m model=smollm2 $europarl seed="$seed" $common \
+            loss=response_kl teacher_strategy=frozen_base hydra.sweep.dir="$dir" >> "$dir.log" 2>&1
+    else
+        $PY -m farlab.train -m $args seed="$seed" $common hydra.sweep.dir="$dir" >> "$dir.log" 2>&1
+    fi
+    echo "=== rc=$? ($(date -u +%FT%TZ))"
+}
+
+mkdir -p "$OUT"
+if [ "${1:-}" = all ]; then
+    for seed in 1 2; do
+        for pair in minilm mpnet smollm2; do chunk "$pair" "$seed"; done
+    done
+else
+    chunk "${1:?usage: scripts/real_pairs.sh mpnet|minilm|smollm2 SEED | all}" "${2:?seed}"
+fi
