@@ -330,17 +330,30 @@ def test_cli(sweep: Path, tmp_path: Path) -> None:
     assert res.returncode == 1 and "no completed run" in res.stderr and "CUDA out of memory" in res.stdout
 
 
-def test_cli_help_and_usage_errors() -> None:
-    res = run_cli("--help")
-    assert res.returncode == 0 and res.stderr == ""
-    assert res.stdout.startswith("usage: python -m farlab.collect")
+def cli_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """The CLI's ``main`` in this process (argparse exits with SystemExit): the entry point itself runs as a real
+    command in test_cli and in test_entry_points."""
+    from farlab.collect.cli import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_help_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli_in_process(capsys, "--help")
+    assert code == 0 and err == ""
+    assert out.startswith("usage: python -m farlab.collect")
     for text in ("--archive SWEEP DEST", "--metric", "--no-plots", "examples:",
                  "python -m farlab.collect multirun/2026-11-26/02-40-00"):
-        assert text in res.stdout, text
-    res = run_cli()
-    assert res.returncode == 2 and "give at least one DIR" in res.stderr
-    res = run_cli("--archive", "a", "b", "--metric", "mcc")
-    assert res.returncode == 2 and "takes no other DIR" in res.stderr
+        assert text in out, text
+    code, _, err = cli_in_process(capsys)
+    assert code == 2 and "give at least one DIR" in err
+    code, _, err = cli_in_process(capsys, "--archive", "a", "b", "--metric", "mcc")
+    assert code == 2 and "takes no other DIR" in err
 
 
 def read_csv_text_relocated(sweep: Path, out: Path) -> str:
