@@ -1,8 +1,9 @@
-"""The FAR factorial as a real sweep: 8 jobs (every F/A/R combination, frozen_base teacher) through
-``hydra/launcher=local`` (submitit_local, one process per job), one of them preempted with submitit's own signal
-(USR2) mid-run, then ``farlab.collect`` on the sweep dir.
+"""The FAR factorial as a real sweep through ``hydra/launcher=local`` (submitit_local, one process per job): a slice
+of 3 losses that turns each of F, A and R both on and off (frozen_base teacher), one job preempted with submitit's
+own signal (USR2) mid-run, then ``farlab.collect`` on the sweep dir.
 
-Helpers here are shared with tests/slurm/test_sweep_slurm.py (the same sweep through SLURM).
+Helpers here are shared with tests/slurm/test_sweep_slurm.py, which runs the whole 8-loss grid through SLURM. The
+slice keeps this test's cost down: each job is a fresh interpreter (~6 s of imports) on a 2-core machine.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ LOSSES = (
     "combined_ar",
     "combined_far",
 )
+LOCAL_LOSSES = ("combined_fa", "combined_r", "combined_far")  # F, A and R each present and absent
 STRATEGY = "frozen_base"
 SWEEP_TIMEOUT_S = 400
-MAX_STEPS = 24  # long enough (1-6 s of training on a busy 2-core box) to be signalled after a checkpoint
+MAX_STEPS = 40  # long enough (2-8 s of training on a 2-core box) to be signalled after its first checkpoint (step 4)
 
 
 def fixed_overrides(store: Path, max_steps: int = MAX_STEPS) -> dict[str, object]:
@@ -48,7 +50,8 @@ def fixed_overrides(store: Path, max_steps: int = MAX_STEPS) -> dict[str, object
 
 
 def sweep_command(launcher: str, fixed: dict[str, object], extra: list[str] = ()) -> list[str]:
-    """``python -m farlab.train -m +experiment=far_factorial`` over the 8 losses (far_factorial's list), one strategy.
+    """``python -m farlab.train -m +experiment=far_factorial`` with one strategy: far_factorial's 8 losses, or the
+    slice a ``loss=..`` in ``extra`` asks for.
 
     The fixed keys are left out of the job dir names, which stay far_factorial's ``loss=..,seed=..,teacher_strategy=..``.
     """
@@ -110,14 +113,14 @@ def finish_sweep(proc: subprocess.Popen, timeout_s: float = SWEEP_TIMEOUT_S) -> 
     return out
 
 
-def check_sweep(root: Path, preempted_loss: str, reference: Path) -> Path:
-    """Every job completed in its far_factorial-named dir, the preempted one resumed in its own dir to the same
-    result as an uninterrupted run, and the collector tabulates all 8. Returns the sweep dir."""
+def check_sweep(root: Path, preempted_loss: str, reference: Path, losses: tuple[str, ...] = LOSSES) -> Path:
+    """Every job of ``losses`` completed in its far_factorial-named dir, the preempted one resumed in its own dir to
+    the same result as an uninterrupted run, and the collector tabulates them all. Returns the sweep dir."""
     sweep = the_sweep_dir(root)
     assert sweep is not None, f"expected one multirun/<date>/<time> under {root}: {list(root.glob('multirun/*/*'))}"
     jobs = sorted(p.name for p in sweep.iterdir() if (p / "run_metadata.json").is_file())
-    assert jobs == sorted(job_name(loss) for loss in LOSSES)  # a requeued job made no second dir
-    for loss in LOSSES:
+    assert jobs == sorted(job_name(loss) for loss in losses)  # a requeued job made no second dir
+    for loss in losses:
         meta = read_json(sweep / job_name(loss) / "run_metadata.json")
         assert meta["status"] == "completed", (loss, meta["error"])
         assert meta["attempts"] == (2 if loss == preempted_loss else 1), loss
@@ -133,7 +136,7 @@ def check_sweep(root: Path, preempted_loss: str, reference: Path) -> Path:
     assert_bitwise(job / "final" / "model.safetensors", reference / "final" / "model.safetensors")
 
     # Each loss trained the components its name promises (F feature, A attention, R response).
-    for loss in LOSSES:
+    for loss in losses:
         parts = read_json(sweep / job_name(loss) / "metrics.json")["loss_components"]
         letters = loss.removeprefix("combined_").replace("ce", "")
         for letter, part in (("f", "feature/raw"), ("a", "attention/raw"), ("r", "response/raw")):
@@ -143,7 +146,7 @@ def check_sweep(root: Path, preempted_loss: str, reference: Path) -> Path:
     assert summary.skipped == []
     rows = sorted((r.loss, r.teacher_strategy, r.flags["F"], r.flags["A"], r.flags["R"]) for r in summary.runs)
     want_rows = sorted(
-        (loss, STRATEGY, int("f" in loss[9:]), int("a" in loss[9:]), int("r" in loss[9:])) for loss in LOSSES
+        (loss, STRATEGY, int("f" in loss[9:]), int("a" in loss[9:]), int("r" in loss[9:])) for loss in losses
     )
     assert rows == want_rows
     assert (sweep / "results.csv").is_file() and (sweep / "results.md").is_file()
@@ -167,7 +170,7 @@ def wait_for_checkpoint(root: Path, loss: str, proc: subprocess.Popen) -> dict:
 def test_far_sweep_through_submitit_local_with_a_preempted_job(tmp_path: Path) -> None:
     store = tmp_path / "store"
     fixed = fixed_overrides(store)
-    proc = start_sweep(sweep_command("local", fixed), cwd=tmp_path)
+    proc = start_sweep(sweep_command("local", fixed, [f"loss={','.join(LOCAL_LOSSES)}"]), cwd=tmp_path)
 
     target = "combined_far"
     meta = wait_for_checkpoint(tmp_path, target, proc)
@@ -178,7 +181,7 @@ def test_far_sweep_through_submitit_local_with_a_preempted_job(tmp_path: Path) -
     run_inprocess(reference, ovr)
 
     finish_sweep(proc)
-    sweep = check_sweep(tmp_path, target, reference)
+    sweep = check_sweep(tmp_path, target, reference, LOCAL_LOSSES)
     submitit_logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
     assert "Requeued job" in submitit_logs  # submitit's own requeue path ran (local: restart with exit 144)
 

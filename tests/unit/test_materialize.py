@@ -31,14 +31,14 @@ def toy(tmp_path: Path):
     """A registered toy model: its 'package' is one source file; its build copies a tensor into safetensors."""
     source = tmp_path / "toy.src"
     source.write_bytes(b"toy source bytes")
-    calls = {"builds": 0, "fail": False}
+    calls = {"builds": 0, "fail": None}  # fail: an exception type the build raises after writing weights
 
     def build(sources: list[Path], folder: Path) -> dict:
         calls["builds"] += 1
         save_file({"w": torch.arange(6.0)}, folder / "model.safetensors")
         (folder / "config.json").write_text("{}")
         if calls["fail"]:
-            raise RuntimeError("killed mid-build")
+            raise calls["fail"]("killed mid-build")
         return {"rows": 6}
 
     mat.MATERIALIZERS.register("toy", mat.Materializer("toy", ("toy-pkg==1.0",), "MIT", lambda: [source], build))
@@ -80,13 +80,15 @@ def test_corrupt_weights_are_refused_until_forced(tmp_path: Path, toy) -> None:
     assert mat.verify(folder)["weights"]["model.safetensors"] == _sha(weights)
 
 
-def test_an_interrupted_build_leaves_no_folder(tmp_path: Path, toy) -> None:
+@pytest.mark.parametrize("kill", [RuntimeError, KeyboardInterrupt])  # an error, and a Ctrl-C (not an Exception)
+def test_an_interrupted_build_leaves_no_folder(tmp_path: Path, toy, kill: type[BaseException]) -> None:
+    """Killed after the weights are on disk: the half-built staging folder goes, and the next call builds anew."""
     _, calls = toy
-    calls["fail"] = True
-    with pytest.raises(RuntimeError, match="killed mid-build"):
+    calls["fail"] = kill
+    with pytest.raises(kill, match="killed mid-build"):
         mat.materialize("toy", root=tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy.lock", "toy.src"]  # no folder, no staging left
-    calls["fail"] = False
+    calls["fail"] = None
     assert mat.is_complete(mat.materialize("toy", root=tmp_path))
 
 
