@@ -75,7 +75,7 @@ def greedy(fn: Logits, prompt: list[int], max_new_tokens: int, eos: int | None) 
     return out
 
 
-def target_nll(fn: Logits, data: TaskData, rows: int) -> list[tuple[float, int]] | None:
+def runtime_target_nll(fn: Logits, data: TaskData, rows: int) -> list[tuple[float, int]] | None:
     """The likelihood metrics' input from one runtime: each of the first ``rows`` eval sequences scored alone
     (prompt + reference target; None when the task lists no likelihood metric)."""
     if not likelihood_metrics(data.metrics):
@@ -108,6 +108,7 @@ def decoder_parity(data: TaskData, torch_fn: Logits, onnx_fn: Logits, rows: int,
     mask = (np.arange(width)[None, :] < np.array([[len(s)] for s in seqs])).astype(np.int64)
     lt, lo = torch_fn(input_ids=ids, attention_mask=mask), onnx_fn(input_ids=ids, attention_mask=mask)
     real = mask.astype(bool)
+    nll_t, nll_o = runtime_target_nll(torch_fn, data, rows), runtime_target_nll(onnx_fn, data, rows)
     return _verdict(data, {
         "check": "greedy generation (full forwards, no KV cache) + right-padded batch logits at real positions",
         "rows": len(prompts),
@@ -116,8 +117,8 @@ def decoder_parity(data: TaskData, torch_fn: Logits, onnx_fn: Logits, rows: int,
         "tolerance": atol,
         "next_token_agreement": float((lt.argmax(-1) == lo.argmax(-1))[real].mean()),
         "identical_generations": sum(a == b for a, b in zip(outs_t, outs_o)),
-        "metric_pytorch": _task_metrics(data, TextPredictions(texts_t, target_nll(torch_fn, data, rows)), references),
-        "metric_onnx": _task_metrics(data, TextPredictions(texts_o, target_nll(onnx_fn, data, rows)), references),
+        "metric_pytorch": _task_metrics(data, TextPredictions(texts_t, nll_t), references),
+        "metric_onnx": _task_metrics(data, TextPredictions(texts_o, nll_o), references),
     })
 
 
