@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from farlab.eval.loop import generate_texts
-from farlab.eval.metrics import LIKELIHOOD_METRICS, compute_metrics
+from farlab.eval.metrics import CORPUS_ONLY_METRICS, LIKELIHOOD_METRICS, compute_metrics
 
 if TYPE_CHECKING:
     from farlab.data.base import TaskData
@@ -34,6 +34,12 @@ class TextPredictions:
 def generation_metrics(metrics: list[str]) -> list[str]:
     """The task's metrics that need generated text (everything but the likelihood metrics)."""
     return [m for m in metrics if m not in LIKELIHOOD_METRICS]
+
+
+def per_example_metrics(metrics: list[str]) -> list[str]:
+    """The task's text metrics that mean something on one generation; ``accuracy`` when none does (it compares
+    what the task kind compares: the label id read from the answer, or the whole text)."""
+    return [m for m in generation_metrics(metrics) if m not in CORPUS_ONLY_METRICS] or ["accuracy"]
 
 
 def likelihood_metrics(metrics: list[str]) -> list[str]:

@@ -54,6 +54,9 @@ def _token_nll(predictions: Sequence[Any], _references: Sequence[Any]) -> float:
 METRICS.add("nll", _token_nll)
 METRICS.add("perplexity", lambda p, r: float(np.exp(_token_nll(p, r))))
 LIKELIHOOD_METRICS = ("nll", "perplexity")
+# Metrics a single example cannot carry: MCC of one row is 0 whatever it holds, binary/macro F1 of one row is 0 or
+# 1 by class, not by correctness. Per-example comparisons (workbench disagree) leave them out.
+CORPUS_ONLY_METRICS = ("f1", "macro_f1", "mcc")
 
 
 @METRICS.register("edit_similarity")

@@ -2,8 +2,9 @@
 
 Classification: agreement rate, a teacher x student confusion matrix, agreement per gold class, per-example
 KL(teacher || student), the largest disagreements with their text (Markdown), reliability diagrams of both.
-Generation: per-example text-metric deltas (student - teacher), the worst examples side by side, and the corpus
-scores (perplexity included when the task lists it).
+Generation: per-example deltas (student - teacher) of the text metrics that mean something on one example, scored
+the way the task kind scores (label ids for GLUE as generation), the worst examples side by side, and the corpus
+scores of every metric (perplexity included when the task lists it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from scipy.special import rel_entr
 from sklearn.metrics import confusion_matrix
 
 from farlab.eval.calibration import ECE_BINS, calibration_metrics
-from farlab.eval.lm import TextPredictions, generation_metrics
+from farlab.eval.lm import TextPredictions, generation_metrics, per_example_metrics
 from farlab.eval.metrics import compute_metrics
 from farlab.workbench.loading import Model, RunContext, ToolOptions, WorkbenchError, seeded_subset
 from farlab.workbench.outputs import print_table, reliability_bins, save_figure, write_csv, write_json
@@ -110,13 +111,19 @@ def _classification(ctx: RunContext, data: Any, rows: np.ndarray, t_probs: np.nd
 
 def _generation(ctx: RunContext, data: Any, rows: np.ndarray, t_pred: TextPredictions, s_pred: TextPredictions,
                 refs: list[str], top: int, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per-example text metrics of the two generations (perplexity, a corpus measure, is in the corpus scores)."""
-    per_example = generation_metrics(data.metrics)
+    """Per-example scores of the two generations through the kind's own scorer (corpus-only metrics such as MCC
+    and perplexity are in the corpus scores)."""
+    per_example = per_example_metrics(data.metrics)
+    one_row = dataclasses.replace(data, metrics=per_example)
+
+    def score(text: str, ref: Any) -> dict[str, Any]:
+        return data.task_kind.score(one_row, TextPredictions(texts=[text]), [ref])
+
     t_out, s_out = t_pred.texts or [], s_pred.texts or []
     primary = data.primary_metric if data.primary_metric in per_example else per_example[0]
     examples = []
     for i, (r, t, s, ref) in enumerate(zip(rows, t_out, s_out, refs)):
-        t_scores, s_scores = compute_metrics(per_example, [t], [ref]), compute_metrics(per_example, [s], [ref])
+        t_scores, s_scores = score(t, ref), score(s, ref)
         prompt = data.eval[i].get("prompt_ids")
         examples.append({"row": int(r), "delta": s_scores[primary] - t_scores[primary],
                          **{f"teacher_{k}": v for k, v in t_scores.items()},

@@ -1,7 +1,9 @@
 """The workbench's small rules against hand-computed values: headft diagnosis, probe emergence, reliability bins,
-head training on separable features, seeded subsets and layer checks."""
+head training on separable features, seeded subsets, layer checks and disagree's per-example scoring."""
 
 from __future__ import annotations
+
+import types
 
 import numpy as np
 import pytest
@@ -75,3 +77,34 @@ def test_a_layer_out_of_range_names_the_option_and_the_valid_range():
     assert check_layers([2, 0, 2], model, "student", "--student-layers") == [0, 2]
     with pytest.raises(WorkbenchError, match=r"--student-layers: layer 3 is out of range .*valid 0\.\.2"):
         check_layers([1, 3], model, "student", "--student-layers")
+
+
+def test_disagree_scores_glue_as_generation_per_example_on_label_ids(tmp_path):
+    """Per example, the verbalised kind's own reading (first word -> label id; unparsed = wrong) and accuracy, not
+    MCC (0 on any single row) nor raw-text equality ("Acceptable." is the label acceptable)."""
+    import datasets
+
+    import farlab.data.glue_generation  # noqa: F401  (registers the verbalised_label kind)
+    from farlab.data.base import TaskData
+    from farlab.eval.lm import TextPredictions
+    from farlab.workbench.disagree import _generation
+
+    data = TaskData(name="cola_generative", kind="verbalised_label", train=datasets.Dataset.from_dict({"x": []}),
+                    eval=datasets.Dataset.from_dict({"input_ids": [[1], [2], [3]]}), collator=None,
+                    label_names=["unacceptable", "acceptable"], metrics=["mcc", "accuracy"], primary_metric="mcc")
+    refs = ["acceptable", "unacceptable", "acceptable"]
+    teacher = TextPredictions(texts=["Acceptable.", "unacceptable", "acceptable because"])  # all three right
+    student = TextPredictions(texts=["unacceptable", "Unacceptable!", "maybe"])  # wrong, right, unparsed
+    ctx = types.SimpleNamespace(label="test", run_dir=tmp_path)
+    summary, payload = _generation(ctx, data, np.arange(3), teacher, student, refs, 3, tmp_path)
+
+    by_row = {e["row"]: e for e in payload["worst_examples"]}
+    assert [by_row[r]["delta"] for r in range(3)] == [-1.0, 0.0, -1.0]  # accuracy per row: student - teacher
+    assert [by_row[r]["teacher_accuracy"] for r in range(3)] == [1.0, 1.0, 1.0]
+    assert by_row[2]["student_unparsed_rate"] == 1.0 and "teacher_mcc" not in by_row[0]
+    assert summary["mean_delta"] == pytest.approx(-2 / 3) and summary["share_student_worse"] == pytest.approx(2 / 3)
+    # The corpus scores keep every listed metric: student ids [0, 0, 0] (the unparsed answer counts as the wrong
+    # class) against [1, 0, 1] -> accuracy 1/3, MCC 0 (one predicted class); the teacher is exact.
+    assert payload["evaluations"]["teacher"]["mcc"] == pytest.approx(1.0)
+    assert payload["evaluations"]["student"]["accuracy"] == pytest.approx(1 / 3)
+    assert payload["evaluations"]["student"]["mcc"] == 0.0
