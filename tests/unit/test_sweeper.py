@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from farlab.config import REPO_ROOT, register_configs
 from hydra_plugins.farlab_sweeper.farlab_sweeper import canonical_form, needs_teacher
 
-CELLS = ("combined_f", "combined_a", "combined_r", "combined_fr", "combined_fa", "combined_ar", "combined_far")
 STRATEGIES = ("frozen_sft", "frozen_base", "cotrain_sft", "cotrain_base")
 QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none"]  # leave the test process's logging alone
 
