@@ -108,3 +108,27 @@ def test_disagree_scores_glue_as_generation_per_example_on_label_ids(tmp_path):
     assert payload["evaluations"]["teacher"]["mcc"] == pytest.approx(1.0)
     assert payload["evaluations"]["student"]["accuracy"] == pytest.approx(1 / 3)
     assert payload["evaluations"]["student"]["mcc"] == 0.0
+
+
+def test_disagree_scores_vision_answers_per_example(tmp_path):
+    """The vision kind's predictor and scorer speak TextPredictions like the text decoders', so disagree (which
+    reads ``.texts``) works on OCR runs; per-example edit similarity by hand."""
+    import datasets
+
+    from farlab.data.base import TaskData
+    from farlab.data.kinds import TASK_KINDS
+    from farlab.eval.lm import TextPredictions
+    from farlab.workbench.disagree import _generation
+
+    assert TASK_KINDS.get("vision_lm").predict.__name__ == "predict_from_images"
+    data = TaskData(name="ocr", kind="vision_lm", train=datasets.Dataset.from_dict({"x": []}),
+                    eval=datasets.Dataset.from_dict({"input_ids": [[1], [2]]}), collator=None, label_names=[],
+                    metrics=["edit_similarity", "exact_match"], primary_metric="edit_similarity")
+    refs = ["abcd", "xy"]
+    teacher, student = TextPredictions(texts=["abcd", "xy"]), TextPredictions(texts=["abcx", "xy"])
+    ctx = types.SimpleNamespace(label="test", run_dir=tmp_path)
+    _, payload = _generation(ctx, data, np.arange(2), teacher, student, refs, 2, tmp_path)
+    by_row = {e["row"]: e for e in payload["worst_examples"]}
+    assert by_row[0]["delta"] == pytest.approx(-0.25)  # one substitution in four characters
+    assert by_row[1]["delta"] == 0.0 and by_row[0]["student_exact_match"] == 0.0
+    assert payload["evaluations"]["student"]["edit_similarity"] == pytest.approx(0.875)
