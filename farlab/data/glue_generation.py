@@ -19,7 +19,7 @@ from farlab.data.base import GenerationConfig, TaskData, metric_fields
 from farlab.data.kinds import TASK_KINDS, text_decoder_kind
 from farlab.data.translation import CausalLMCollator
 from farlab.errors import DataError
-from farlab.eval.lm import TextPredictions
+from farlab.eval.predictions import TextPredictions
 from farlab.eval.metrics import answer_word, compute_metrics
 
 if TYPE_CHECKING:

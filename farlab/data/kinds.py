@@ -17,8 +17,9 @@ from peft import TaskType
 from torch import Tensor
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForSequenceClassification
 
-from farlab.eval.lm import TextPredictions, predict_lm, score_lm
+from farlab.eval.lm import predict_lm, score_lm
 from farlab.eval.loop import generate_from_images, predict_probabilities, score_classification
+from farlab.eval.predictions import TextPredictions
 from farlab.eval.metrics import compute_metrics
 from farlab.registry import Registry
 
@@ -68,13 +69,6 @@ def lm_masks(batch: dict[str, Tensor]) -> Masks:
     return target.long(), response.long()
 
 
-def predict_from_images(model: Any, data: Any, batch_size: int, desc: str = "generate",
-                        progress: bool = True) -> tuple[TextPredictions, list[str]]:
-    """Greedy answers to the image prompts, as :class:`TextPredictions` like every other generating kind's."""
-    texts, references = generate_from_images(model, data, batch_size, desc, progress)
-    return TextPredictions(texts=texts), references
-
-
 def score_generations(data: Any, predictions: TextPredictions, references: list[Any]) -> dict[str, Any]:
     return compute_metrics(data.metrics, predictions.texts, references)
 
@@ -108,7 +102,7 @@ TASK_KINDS.add("vision_lm", TaskKind(
     "vision_lm",
     head=lambda data: Head(AutoModelForImageTextToText),  # Qwen2-VL/Qwen3-VL ...ForConditionalGeneration
     masks=lm_masks,
-    predict=predict_from_images,
+    predict=generate_from_images,
     score=score_generations,
     peft_task_type=TaskType.CAUSAL_LM,  # the VLM forward takes pixel_values etc. as kwargs
     vocabulary_logits=True,

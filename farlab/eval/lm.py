@@ -8,7 +8,6 @@ lists one of its metrics.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,17 +17,10 @@ from tqdm.auto import tqdm
 
 from farlab.eval.loop import generate_texts
 from farlab.eval.metrics import CORPUS_ONLY_METRICS, LIKELIHOOD_METRICS, compute_metrics
+from farlab.eval.predictions import TextPredictions
 
 if TYPE_CHECKING:
     from farlab.data.base import TaskData
-
-
-@dataclass(frozen=True)
-class TextPredictions:
-    """What a text decoder's eval produced; each part is None when the task lists no metric that needs it."""
-
-    texts: list[str] | None = None  # a generation per eval prompt
-    nll: list[tuple[float, int]] | None = None  # (summed NLL in nats, target tokens) per eval row
 
 
 def generation_metrics(metrics: list[str]) -> list[str]:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # the data layer sits above eval: its kinds name the predicto
 
 from farlab.eval.calibration import calibration_metrics
 from farlab.eval.metrics import compute_metrics
+from farlab.eval.predictions import TextPredictions
 
 Predictor = Callable[[torch.nn.Module, "TaskData", int, str, bool], tuple[Any, list[Any]]]  # (predictions, refs)
 
@@ -77,8 +78,8 @@ def generate_texts(
 @torch.no_grad()
 def generate_from_images(
     model: torch.nn.Module, data: TaskData, batch_size: int, desc: str = "generate", progress: bool = True
-) -> tuple[list[str], list[str]]:
-    """Batched generation from image prompts; the task's prompt collator runs the processor and left-pads.
+) -> tuple[TextPredictions, list[str]]:
+    """Batched greedy generation from image prompts; the task's prompt collator runs the processor and left-pads.
 
     Predictions and references go through the task's text normaliser (e.g. whitespace) before the metrics.
     """
@@ -102,7 +103,7 @@ def generate_from_images(
         )
         texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
         outputs += [normalize(t.strip()) for t in texts]
-    return outputs, [normalize(r) for r in data.eval["reference"]]
+    return TextPredictions(texts=outputs), [normalize(r) for r in data.eval["reference"]]
 
 
 def score_classification(data: TaskData, probabilities: Any, references: list[Any]) -> dict[str, Any]:

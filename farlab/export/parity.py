@@ -18,7 +18,8 @@ from scipy.special import softmax
 from torch.utils.data import DataLoader
 
 from farlab.data.base import TaskData
-from farlab.eval.lm import TextPredictions, likelihood_metrics, sequence_nll
+from farlab.eval.lm import likelihood_metrics, sequence_nll
+from farlab.eval.predictions import TextPredictions
 
 Logits = Callable[..., np.ndarray]
 

@@ -9,7 +9,7 @@ import pytest
 
 from farlab.data.glue import GlueLayout, GlueTaskConfig
 from farlab.data.glue_generation import score_verbalised, verbaliser_problems
-from farlab.eval.lm import TextPredictions
+from farlab.eval.predictions import TextPredictions
 from farlab.eval.metrics import answer_word
 
 

@@ -79,24 +79,33 @@ def test_a_layer_out_of_range_names_the_option_and_the_valid_range():
         check_layers([1, 3], model, "student", "--student-layers")
 
 
+def _disagree_on_texts(tmp_path, kind, teacher, student, references, label_names, metrics):
+    """workbench disagree's generation branch on given teacher/student texts, scored by the real ``kind``."""
+    import datasets
+
+    from farlab.data.base import TaskData
+    from farlab.eval.predictions import TextPredictions
+    from farlab.workbench.disagree import _generation
+
+    n = len(references)
+    data = TaskData(name="t", kind=kind, train=datasets.Dataset.from_dict({"x": []}),
+                    eval=datasets.Dataset.from_dict({"input_ids": [[i] for i in range(n)]}), collator=None,
+                    label_names=label_names, metrics=metrics, primary_metric=metrics[0])
+    ctx = types.SimpleNamespace(label="test", run_dir=tmp_path)
+    return _generation(ctx, data, np.arange(n), TextPredictions(texts=teacher), TextPredictions(texts=student),
+                       references, n, tmp_path)
+
+
 def test_disagree_scores_glue_as_generation_per_example_on_label_ids(tmp_path):
     """Per example, the verbalised kind's own reading (first word -> label id; unparsed = wrong) and accuracy, not
     MCC (0 on any single row) nor raw-text equality ("Acceptable." is the label acceptable)."""
-    import datasets
-
     import farlab.data.glue_generation  # noqa: F401  (registers the verbalised_label kind)
-    from farlab.data.base import TaskData
-    from farlab.eval.lm import TextPredictions
-    from farlab.workbench.disagree import _generation
 
-    data = TaskData(name="cola_generative", kind="verbalised_label", train=datasets.Dataset.from_dict({"x": []}),
-                    eval=datasets.Dataset.from_dict({"input_ids": [[1], [2], [3]]}), collator=None,
-                    label_names=["unacceptable", "acceptable"], metrics=["mcc", "accuracy"], primary_metric="mcc")
     refs = ["acceptable", "unacceptable", "acceptable"]
-    teacher = TextPredictions(texts=["Acceptable.", "unacceptable", "acceptable because"])  # all three right
-    student = TextPredictions(texts=["unacceptable", "Unacceptable!", "maybe"])  # wrong, right, unparsed
-    ctx = types.SimpleNamespace(label="test", run_dir=tmp_path)
-    summary, payload = _generation(ctx, data, np.arange(3), teacher, student, refs, 3, tmp_path)
+    teacher = ["Acceptable.", "unacceptable", "acceptable because"]  # all three right
+    student = ["unacceptable", "Unacceptable!", "maybe"]  # wrong, right, unparsed
+    summary, payload = _disagree_on_texts(tmp_path, "verbalised_label", teacher, student, refs,
+                                          label_names=["unacceptable", "acceptable"], metrics=["mcc", "accuracy"])
 
     by_row = {e["row"]: e for e in payload["worst_examples"]}
     assert [by_row[r]["delta"] for r in range(3)] == [-1.0, 0.0, -1.0]  # accuracy per row: student - teacher
@@ -113,21 +122,12 @@ def test_disagree_scores_glue_as_generation_per_example_on_label_ids(tmp_path):
 def test_disagree_scores_vision_answers_per_example(tmp_path):
     """The vision kind's predictor and scorer speak TextPredictions like the text decoders', so disagree (which
     reads ``.texts``) works on OCR runs; per-example edit similarity by hand."""
-    import datasets
-
-    from farlab.data.base import TaskData
     from farlab.data.kinds import TASK_KINDS
-    from farlab.eval.lm import TextPredictions
-    from farlab.workbench.disagree import _generation
+    from farlab.eval.loop import generate_from_images
 
-    assert TASK_KINDS.get("vision_lm").predict.__name__ == "predict_from_images"
-    data = TaskData(name="ocr", kind="vision_lm", train=datasets.Dataset.from_dict({"x": []}),
-                    eval=datasets.Dataset.from_dict({"input_ids": [[1], [2]]}), collator=None, label_names=[],
-                    metrics=["edit_similarity", "exact_match"], primary_metric="edit_similarity")
-    refs = ["abcd", "xy"]
-    teacher, student = TextPredictions(texts=["abcd", "xy"]), TextPredictions(texts=["abcx", "xy"])
-    ctx = types.SimpleNamespace(label="test", run_dir=tmp_path)
-    _, payload = _generation(ctx, data, np.arange(2), teacher, student, refs, 2, tmp_path)
+    assert TASK_KINDS.get("vision_lm").predict is generate_from_images  # which returns TextPredictions
+    _, payload = _disagree_on_texts(tmp_path, "vision_lm", ["abcd", "xy"], ["abcx", "xy"], ["abcd", "xy"],
+                                    label_names=[], metrics=["edit_similarity", "exact_match"])
     by_row = {e["row"]: e for e in payload["worst_examples"]}
     assert by_row[0]["delta"] == pytest.approx(-0.25)  # one substitution in four characters
     assert by_row[1]["delta"] == 0.0 and by_row[0]["student_exact_match"] == 0.0
