@@ -19,8 +19,6 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 
 from farlab.eval.lm import predict_lm, score_lm
 from farlab.eval.loop import generate_from_images, predict_probabilities, score_classification
-from farlab.eval.predictions import TextPredictions
-from farlab.eval.metrics import compute_metrics
 from farlab.registry import Registry
 
 Masks = tuple[Tensor, Tensor | None]  # (token_mask [B, T], response_mask [B, T] or None)
@@ -69,16 +67,12 @@ def lm_masks(batch: dict[str, Tensor]) -> Masks:
     return target.long(), response.long()
 
 
-def score_generations(data: Any, predictions: TextPredictions, references: list[Any]) -> dict[str, Any]:
-    return compute_metrics(data.metrics, predictions.texts, references)
-
-
 TASK_KINDS: Registry[TaskKind] = Registry("task kind")
 
 
 def text_decoder_kind(name: str, score: Callable[[Any, Any, list[Any]], dict[str, Any]]) -> TaskKind:
     """A kind whose model is a causal text decoder (masks, head, PEFT type, the chunked LM path and the eval pass
-    shared: :func:`farlab.eval.lm.predict_lm`, whose :class:`TextPredictions` every such kind scores); only how it
+    shared: :func:`farlab.eval.lm.predict_lm`, whose :class:`~farlab.eval.predictions.TextPredictions` every such kind scores); only how it
     scores differs (text metrics and perplexity, GLUE as generation)."""
     return TaskKind(name, head=lambda data: Head(AutoModelForCausalLM), masks=lm_masks, predict=predict_lm,
                     score=score, peft_task_type=TaskType.CAUSAL_LM, vocabulary_logits=True, decoder_only=True)
@@ -103,7 +97,7 @@ TASK_KINDS.add("vision_lm", TaskKind(
     head=lambda data: Head(AutoModelForImageTextToText),  # Qwen2-VL/Qwen3-VL ...ForConditionalGeneration
     masks=lm_masks,
     predict=generate_from_images,
-    score=score_generations,
+    score=score_lm,  # generations only: a listed likelihood metric is an error
     peft_task_type=TaskType.CAUSAL_LM,  # the VLM forward takes pixel_values etc. as kwargs
     vocabulary_logits=True,
 ))

@@ -76,10 +76,23 @@ def target_nll(model: torch.nn.Module, data: TaskData, batch_size: int, desc: st
 
 
 def score_lm(data: TaskData, predictions: TextPredictions, references: list[Any]) -> dict[str, Any]:
+    """Every metric the task lists: likelihood ones from the NLLs, the rest from the generations. A listed metric
+    whose input the predictor did not produce is an error, not a silently missing score."""
     scores: dict[str, Any] = {}
-    if predictions.nll is not None:
-        pairs = predictions.nll
-        scores.update(compute_metrics(likelihood_metrics(data.metrics), pairs, [None] * len(pairs)))
-    if predictions.texts is not None:
+    for needed, part, metrics in (("target NLLs", predictions.nll, likelihood_metrics(data.metrics)),
+                                  ("generations", predictions.texts, generation_metrics(data.metrics))):
+        if metrics and part is None:
+            raise ValueError(f"task {data.name!r} lists {metrics}, which need {needed}, but its predictor "
+                             f"produced none (a {data.kind!r} model predicts {_produced(predictions)})")
+    if likelihood_metrics(data.metrics):
+        scores.update(compute_metrics(likelihood_metrics(data.metrics), predictions.nll,
+                                      [None] * len(predictions.nll)))
+    if generation_metrics(data.metrics):
         scores.update(compute_metrics(generation_metrics(data.metrics), predictions.texts, references))
     return scores
+
+
+def _produced(predictions: TextPredictions) -> str:
+    parts = [name for name, part in (("generations", predictions.texts), ("target NLLs", predictions.nll))
+             if part is not None]
+    return " and ".join(parts) or "nothing"

@@ -46,3 +46,20 @@ def test_transfer_gap_without_teacher():
     assert gap["teacher_advantage"] is None and gap["transfer_efficiency"] is None
     assert gap["student_gain"] == pytest.approx(0.1)
     assert "no teacher" in gap["transfer_efficiency_note"]
+
+
+def test_score_lm_scores_both_parts_by_hand_and_refuses_a_listed_metric_without_its_input():
+    """Perplexity pools the summed NLLs over target tokens; exact match compares texts. A vision task that lists
+    perplexity gets generations only, so it fails loudly instead of dropping the score."""
+    import types
+
+    from farlab.eval.lm import score_lm
+    from farlab.eval.predictions import TextPredictions
+
+    data = types.SimpleNamespace(name="t", kind="causal_lm", metrics=["perplexity", "exact_match"])
+    got = score_lm(data, TextPredictions(texts=["a b", "c"], nll=[(2.0, 2), (4.0, 2)]), ["a b", "d"])
+    assert got["perplexity"] == pytest.approx(math.exp(6.0 / 4))
+    assert got["exact_match"] == pytest.approx(0.5)
+    vision = types.SimpleNamespace(name="ocr", kind="vision_lm", metrics=["edit_similarity", "perplexity"])
+    with pytest.raises(ValueError, match=r"'ocr' lists \['perplexity'\], which need target NLLs.*predicts generations"):
+        score_lm(vision, TextPredictions(texts=["x"]), ["x"])
