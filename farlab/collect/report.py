@@ -14,8 +14,9 @@ from typing import Any
 
 from farlab.collect.factors import BASELINE_LABEL, SHARED
 from farlab.collect.runs import RECIPE_KEYS, VARIANT_MARK, Skipped
-from farlab.collect.stats import CONFIDENCE, MIN_TEACHER_GAP, Anova, CrossTask, Paired
+from farlab.collect.stats import CONFIDENCE, Anova, CrossTask, Paired
 from farlab.collect.tables import COLLAPSE_RATE, Table, aggregate, fmt_num, fmt_value, md_table, to_csv
+from farlab.eval.transfer import MIN_ADVANTAGE_SHARE
 
 DEGENERATE_RULE = (f"† = the student sits at the majority class (MCC exactly 0, or one class >= {COLLAPSE_RATE:.0%} "
                    "of its predictions)")
@@ -118,7 +119,8 @@ def _describe(metric: str, primary: str) -> tuple[str, str]:
              f"test {primary})")
     if metric == "transfer_efficiency":
         return (f"student gain / teacher advantage (teacher - student before training); {cell}",
-                "cells whose teacher was not ahead before training (base teachers, the CE baseline: empty); "
+                f"cells whose teacher was less than {MIN_ADVANTAGE_SHARE:.0%} of the metric's range ahead before "
+                "training (untuned base teachers, the CE baseline: empty); "
                 "a comparison of strategies, whose teachers differ (see the normalised score); " + noise)
     if metric == "student_gain":
         return f"post - pre student on the primary metric; {cell}", noise
@@ -231,8 +233,8 @@ def cross_task_section(ct: CrossTask, groups: list[GroupStats]) -> list[str]:
              "the average rank), the mean rank over the tasks the cell appears in, and the normalised score "
              "norm = (cell - CE) / (teacher - CE) (1: the student closes the gap to its teacher; 0: no better "
              f"than CE). Metrics: {metrics}")
-    cannot = (f"a normalised score where teacher - CE < {MIN_TEACHER_GAP} (the teacher is not meaningfully ahead, "
-              "e.g. an untuned base teacher: left out); significance (see each task's paired comparisons); "
+    cannot = (f"a normalised score where teacher - CE < {MIN_ADVANTAGE_SHARE:.0%} of the metric's range (the teacher "
+              "is not meaningfully ahead, e.g. an untuned base teacher: left out); significance (see each task's paired comparisons); "
               "ranks over cells missing from a task")
     seeds = "; ".join(f"{g.task}/{g.model}: {seeds_text([c.n for c in g.table.cells.values()])}" for g in groups)
     recipes = "; ".join(f"{g.task}/{g.model}: {recipe_text(g.rows)}" for g in groups)

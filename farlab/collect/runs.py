@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from farlab.collect.factors import SHARED, STRATEGY_ORDER, far_flags, is_baseline
+from farlab.eval.transfer import transfer_efficiency
 from farlab.run_record import irrelevant_key
 
 METADATA = "run_metadata.json"
@@ -229,9 +230,13 @@ def flatten_metrics(m: dict) -> dict[str, Any]:
         _evaluations(evals, f"harness_{task}_", out)
     gap = m.get("transfer_gap") or {}
     out["transfer_metric"] = gap.get("metric") or ""
-    for key in ("teacher_advantage", "student_gain", "transfer_efficiency"):
+    for key in ("teacher_advantage", "student_gain"):
         out[key] = _num(gap.get(key))
-    out["transfer_efficiency_note"] = gap.get("transfer_efficiency_note") or ""
+    if gap:  # today's rule, so runs written before the advantage floor read like new ones
+        efficiency, note = transfer_efficiency(out["transfer_metric"], out["student_gain"], out["teacher_advantage"])
+        out["transfer_efficiency"], out["transfer_efficiency_note"] = efficiency, note or ""
+    else:
+        out["transfer_efficiency"], out["transfer_efficiency_note"] = None, ""
     train = m.get("train") or {}
     out["runtime_s"] = _num(train.get("runtime_s"))
     for key, val in sorted(train.items()):

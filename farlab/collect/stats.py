@@ -24,11 +24,9 @@ from statsmodels.stats.anova import anova_lm
 
 from farlab.collect.factors import FACTORS, LOSS_ORDER, SHARED, STRATEGY_ORDER
 from farlab.eval.metrics import lower_is_better
+from farlab.eval.transfer import min_teacher_advantage
 
 CONFIDENCE = 0.95
-# (teacher - CE student) below this (in the metric's units; farlab's classification metrics are on a 0-1 scale)
-# makes the normalised score meaningless: a near-zero denominator (e.g. an untuned base teacher) blows it up.
-MIN_TEACHER_GAP = 0.05
 STRATEGY_TERM = "C(strategy)"
 
 
@@ -263,7 +261,7 @@ class TaskCells:
     metric: str
     means: dict[tuple[str, str], float]  # (loss, cell_strategy) -> mean over seeds
     ranks: dict[tuple[str, str], float]  # 1 = best; ties share the average rank
-    normalised: dict[tuple[str, str], float | None]  # None where teacher - CE < MIN_TEACHER_GAP or unknown
+    normalised: dict[tuple[str, str], float | None]  # None where teacher - CE < min_teacher_advantage or unknown
 
 
 @dataclass(frozen=True)
@@ -302,7 +300,8 @@ def task_cells(label: str, rows: list[dict[str, Any]], metric: str) -> TaskCells
             normalised[k] = None
             continue
         gap = float(np.mean(teachers)) - ce
-        meaningful = (-sign) * gap >= MIN_TEACHER_GAP  # teacher ahead of the CE student, in the better direction
+        # a near-zero denominator (an untuned base teacher) blows the score up: the transfer efficiency's floor
+        meaningful = (-sign) * gap >= min_teacher_advantage(primary)
         normalised[k] = (means[k] - ce) / gap if meaningful else None
     return TaskCells(label, metric, means, ranks, normalised)
 

@@ -80,6 +80,16 @@ def answer_word(text: str) -> str:
     return match.group(0) if match else ""
 
 
+# Metrics reported on a 0-100 scale (sacrebleu's BLEU and chrF, ROUGE-L x 100). Every other metric's range counts
+# as 1: the 0-1 scores, and NLL (nats) and perplexity, which have no upper bound, by their unit.
+PERCENT_METRICS = ("bleu", "chrf", "rougeL")
+
+
+def metric_range(metric: str) -> float:
+    """The span of a metric's scale (``bleu`` or ``post_student_bleu`` -> 100), for thresholds stated as shares."""
+    return 100.0 if metric.split("_")[-1] in PERCENT_METRICS else 1.0
+
+
 def compute_metrics(names: Sequence[str], predictions: Sequence[Any], references: Sequence[Any]) -> dict[str, float]:
     return {name: METRICS.get(name)(predictions, references) for name in names}
 

@@ -4,37 +4,51 @@ from __future__ import annotations
 
 from typing import Any
 
-from farlab.eval.metrics import lower_is_better
+from farlab.eval.metrics import lower_is_better, metric_range
+
+# A ratio to a near-zero teacher advantage is noise, not transfer: an untuned base teacher's random head is "ahead"
+# of a fresh student by MCC 0.02, and a student gain of 0.18 then reads as an efficiency of 9. Below this share of
+# the metric's range (metric_range: 0.05 MCC or accuracy, 5 BLEU) the efficiency and the collector's normalised
+# score are left out, with the reason.
+MIN_ADVANTAGE_SHARE = 0.05
+
+
+def min_teacher_advantage(metric: str) -> float:
+    """The smallest teacher advantage (in ``metric``'s units, better-is-positive) worth dividing by."""
+    return MIN_ADVANTAGE_SHARE * metric_range(metric)
+
+
+def transfer_efficiency(metric: str, gain: float | None, advantage: float | None) -> tuple[float | None, str | None]:
+    """(gain / advantage, None), or (None, why not): no teacher, a teacher not ahead, or one barely ahead."""
+    if advantage is None:
+        return None, "no teacher in this run (CE-only baseline)"
+    if advantage <= 0:
+        return None, f"teacher advantage {advantage:.4f} <= 0: the teacher is not ahead of the student before training"
+    floor = min_teacher_advantage(metric)
+    if advantage < floor:
+        return None, (f"teacher advantage {advantage:.4f} < {floor:g} ({MIN_ADVANTAGE_SHARE:.0%} of the metric's "
+                      "range): too small to divide by (an untuned teacher's head)")
+    return (None if gain is None else gain / advantage), None
 
 
 def transfer_gap(metric: str, teacher: float | None, student_pre: float, student_post: float) -> dict[str, Any]:
     """teacher advantage = teacher - student_pre; student gain = post - pre; efficiency = gain / advantage.
 
-    Efficiency is null (with the reason) when there is no teacher or the teacher is not ahead. For a metric that
-    is better when smaller (perplexity, NLL) both differences are taken the other way round, so a positive
-    advantage and gain still mean "better".
+    Efficiency is null (with the reason) when there is no teacher or the teacher is not meaningfully ahead
+    (:func:`transfer_efficiency`). For a metric that is better when smaller (perplexity, NLL) both differences are
+    taken the other way round, so a positive advantage and gain still mean "better".
     """
     sign = -1.0 if lower_is_better(metric) else 1.0
     gain = sign * (student_post - student_pre)
-    result: dict[str, Any] = {
+    advantage = None if teacher is None else sign * (teacher - student_pre)
+    efficiency, note = transfer_efficiency(metric, gain, advantage)
+    return {
         "metric": metric,
-        "teacher_advantage": None,
+        "teacher_advantage": advantage,
         "student_gain": gain,
-        "transfer_efficiency": None,
-        "transfer_efficiency_note": None,
+        "transfer_efficiency": efficiency,
+        "transfer_efficiency_note": note,
     }
-    if teacher is None:
-        result["transfer_efficiency_note"] = "no teacher in this run (CE-only baseline)"
-        return result
-    advantage = sign * (teacher - student_pre)
-    result["teacher_advantage"] = advantage
-    if advantage <= 0:
-        result["transfer_efficiency_note"] = (
-            f"teacher advantage {advantage:.4f} <= 0: the teacher is not ahead of the student before training"
-        )
-    else:
-        result["transfer_efficiency"] = gain / advantage
-    return result
 
 
 def metrics_head(data: Any, pre: dict[str, Any], post: dict[str, Any], teacher_score: float | None) -> dict[str, Any]:

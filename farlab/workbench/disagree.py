@@ -21,8 +21,8 @@ from sklearn.metrics import confusion_matrix
 
 from farlab.eval.calibration import ECE_BINS, calibration_metrics
 from farlab.eval.lm import generation_metrics, per_example_metrics
-from farlab.eval.predictions import TextPredictions
 from farlab.eval.metrics import compute_metrics
+from farlab.eval.predictions import TextPredictions
 from farlab.workbench.loading import Model, RunContext, ToolOptions, WorkbenchError, seeded_subset
 from farlab.workbench.outputs import print_table, reliability_bins, save_figure, write_csv, write_json
 

@@ -41,6 +41,22 @@ def test_transfer_efficiency_is_null_with_a_reason_when_teacher_not_ahead(teache
     assert "not ahead" in gap["transfer_efficiency_note"]
 
 
+@pytest.mark.parametrize(("metric", "teacher", "pre", "efficiency"), [
+    ("mcc", 0.02, 0.0, None),  # an untuned base teacher's head: 0.02 < 0.05 of MCC's range
+    ("mcc", 0.05, 0.0, 0.1 / 0.05),  # at the floor
+    ("bleu", 3.0, 1.0, None),  # 2 BLEU < 5 (5% of 100)
+    ("bleu", 21.0, 1.0, 0.1 / 20.0),
+    ("perplexity", 40.0, 40.02, None),  # lower is better: the teacher is 0.02 ahead
+])
+def test_transfer_efficiency_needs_a_teacher_meaningfully_ahead(metric, teacher, pre, efficiency):
+    post = pre - 0.1 if metric == "perplexity" else pre + 0.1
+    gap = transfer_gap(metric, teacher=teacher, student_pre=pre, student_post=post)
+    if efficiency is None:
+        assert gap["transfer_efficiency"] is None and "too small to divide by" in gap["transfer_efficiency_note"]
+    else:
+        assert gap["transfer_efficiency"] == pytest.approx(efficiency) and gap["transfer_efficiency_note"] is None
+
+
 def test_transfer_gap_without_teacher():
     gap = transfer_gap("accuracy", teacher=None, student_pre=0.5, student_post=0.6)
     assert gap["teacher_advantage"] is None and gap["transfer_efficiency"] is None
