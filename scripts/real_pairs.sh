@@ -8,7 +8,9 @@
 #   scripts/real_pairs.sh all              # every chunk in order (seeds 1 and 2)
 #
 # Needs the materialised models: python -m farlab.models.materialize mpnet smollm2 (docs/models.md).
-# BEST_CELL: the FAR cell to run next to CE and response KD on SST-2 (the CoLA study's best; docs/results/far_study.md).
+# BEST_CELL: the FAR cell to run next to CE and response KD on SST-2. The CoLA study's best cell is response-only
+# (docs/results/far_study.md), which is already the response-KD row, so the default is its best cell with a
+# feature term: combined_fr under frozen_sft (MCC 0.160, level with CE there).
 set -u
 OUT=${REAL_PAIRS_OUT:-$(cd "$(dirname "$0")/.." && pwd)/multirun}
 PY=${PY:-python}
