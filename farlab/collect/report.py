@@ -234,8 +234,8 @@ def cross_task_section(ct: CrossTask, groups: list[GroupStats]) -> list[str]:
              "norm = (cell - CE) / (teacher - CE) (1: the student closes the gap to its teacher; 0: no better "
              f"than CE). Metrics: {metrics}")
     cannot = (f"a normalised score where teacher - CE < {MIN_ADVANTAGE_SHARE:.0%} of the metric's range (the teacher "
-              "is not meaningfully ahead, e.g. an untuned base teacher: left out); significance (see each task's paired comparisons); "
-              "ranks over cells missing from a task")
+              "is not meaningfully ahead, e.g. an untuned base teacher: left out); significance (see each task's "
+              "paired comparisons); ranks over cells missing from a task")
     seeds = "; ".join(f"{g.task}/{g.model}: {seeds_text([c.n for c in g.table.cells.values()])}" for g in groups)
     recipes = "; ".join(f"{g.task}/{g.model}: {recipe_text(g.rows)}" for g in groups)
     degen = "; ".join(f"{g.task}/{g.model}: {degenerate_text(g.table)}" for g in groups)

@@ -19,8 +19,8 @@ from farlab.data.base import GenerationConfig, TaskData, metric_fields
 from farlab.data.kinds import TASK_KINDS, text_decoder_kind
 from farlab.data.translation import CausalLMCollator
 from farlab.errors import DataError
-from farlab.eval.predictions import TextPredictions
 from farlab.eval.metrics import answer_word, compute_metrics
+from farlab.eval.predictions import TextPredictions
 
 if TYPE_CHECKING:
     from farlab.data.glue import GlueHandler, GlueTaskConfig, Row

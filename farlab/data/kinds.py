@@ -72,8 +72,8 @@ TASK_KINDS: Registry[TaskKind] = Registry("task kind")
 
 def text_decoder_kind(name: str, score: Callable[[Any, Any, list[Any]], dict[str, Any]]) -> TaskKind:
     """A kind whose model is a causal text decoder (masks, head, PEFT type, the chunked LM path and the eval pass
-    shared: :func:`farlab.eval.lm.predict_lm`, whose :class:`~farlab.eval.predictions.TextPredictions` every such kind scores); only how it
-    scores differs (text metrics and perplexity, GLUE as generation)."""
+    shared: :func:`farlab.eval.lm.predict_lm`, whose :class:`~farlab.eval.predictions.TextPredictions` every such
+    kind scores); only how it scores differs (text metrics and perplexity, GLUE as generation)."""
     return TaskKind(name, head=lambda data: Head(AutoModelForCausalLM), masks=lm_masks, predict=predict_lm,
                     score=score, peft_task_type=TaskType.CAUSAL_LM, vocabulary_logits=True, decoder_only=True)
 

@@ -9,8 +9,8 @@ import pytest
 
 from farlab.data.glue import GlueLayout, GlueTaskConfig
 from farlab.data.glue_generation import score_verbalised, verbaliser_problems
-from farlab.eval.predictions import TextPredictions
 from farlab.eval.metrics import answer_word
+from farlab.eval.predictions import TextPredictions
 
 
 def test_answers_become_label_ids_and_unparsed_answers_count_as_wrong():
