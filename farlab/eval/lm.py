@@ -78,21 +78,16 @@ def target_nll(model: torch.nn.Module, data: TaskData, batch_size: int, desc: st
 def score_lm(data: TaskData, predictions: TextPredictions, references: list[Any]) -> dict[str, Any]:
     """Every metric the task lists: likelihood ones from the NLLs, the rest from the generations. A listed metric
     whose input the predictor did not produce is an error, not a silently missing score."""
-    scores: dict[str, Any] = {}
-    for needed, part, metrics in (("target NLLs", predictions.nll, likelihood_metrics(data.metrics)),
-                                  ("generations", predictions.texts, generation_metrics(data.metrics))):
+    likelihood, generation = likelihood_metrics(data.metrics), generation_metrics(data.metrics)
+    parts = (("target NLLs", predictions.nll, likelihood), ("generations", predictions.texts, generation))
+    produced = " and ".join(name for name, part, _ in parts if part is not None) or "nothing"
+    for needed, part, metrics in parts:
         if metrics and part is None:
             raise ValueError(f"task {data.name!r} lists {metrics}, which need {needed}, but its predictor "
-                             f"produced none (a {data.kind!r} model predicts {_produced(predictions)})")
-    if likelihood_metrics(data.metrics):
-        scores.update(compute_metrics(likelihood_metrics(data.metrics), predictions.nll,
-                                      [None] * len(predictions.nll)))
-    if generation_metrics(data.metrics):
-        scores.update(compute_metrics(generation_metrics(data.metrics), predictions.texts, references))
+                             f"produced none (a {data.kind!r} model predicts {produced})")
+    scores: dict[str, Any] = {}
+    if likelihood:
+        scores.update(compute_metrics(likelihood, predictions.nll, [None] * len(predictions.nll)))
+    if generation:
+        scores.update(compute_metrics(generation, predictions.texts, references))
     return scores
-
-
-def _produced(predictions: TextPredictions) -> str:
-    parts = [name for name, part in (("generations", predictions.texts), ("target NLLs", predictions.nll))
-             if part is not None]
-    return " and ".join(parts) or "nothing"
