@@ -16,3 +16,7 @@ class DataError(ValueError):
 
 class RunDirError(ValueError):
     """A run dir that cannot be read as a finished run (missing, unfinished, or its final/ removed)."""
+
+
+class RunDirBusy(RuntimeError):
+    """Another live process holds the run dir's lock: this one must not train into it."""

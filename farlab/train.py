@@ -7,6 +7,7 @@ Every choice lives in a config group and a registry; this file only wires the st
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from farlab.models.loading import (
 )
 from farlab.models.lora import apply_lora
 from farlab.report import print_summary
+from farlab.run_lock import run_dir_lock
 from farlab.run_record import completed_run, run_record
 from farlab.teachers.backends import TEACHER_BACKENDS, PreparedTeacher
 from farlab.teachers.backends.accounting import TeacherComputeLog
@@ -261,9 +263,16 @@ def execute(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, A
 
     SIGUSR1/SIGUSR2 stop it gracefully for the whole run: status ``preempted`` and :class:`Preempted` raised.
     A run dir already holding this run, completed, is not run again (``rerun=true`` or ``resume=false`` force it).
+    One process at a time: a run dir another live process holds raises :class:`~farlab.errors.RunDirBusy`.
     """
     distributed.init_from_env()  # under torchrun/multi-task SLURM: rank 0 alone writes the run dir
     check_retention(cfg.train.keep_checkpoints, cfg.train.keep_final)
+    with ExitStack() as held:
+        distributed.on_main(lambda: held.enter_context(run_dir_lock(run_dir)))  # before reading what is there
+        return _execute_locked(cfg, run_dir, overrides)
+
+
+def _execute_locked(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict[str, Any]:
     done = distributed.on_main(lambda: completed_run(run_dir, cfg)) if cfg.resume and not cfg.rerun else None
     if done is not None:
         log.info("run already completed (%s): skipping; metrics from metrics.json", run_dir)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from farlab.errors import ConfigError
+from farlab.errors import ConfigError, RunDirBusy
 from farlab.run_record import completed_run
 from farlab.trainer import checkpoints
 from farlab.trainer.signals import Preempted
 from tests.conftest import tiny_overrides
 from tests.integration.test_resume import SignalAt, run_inprocess
+from tests.unit.test_run_lock import held_by_another_process
 
 SKIP_LINE = "run already completed ({}): skipping; metrics from metrics.json"
 
@@ -87,7 +88,7 @@ def test_keep_final_false_leaves_only_metrics_and_bookkeeping(store, tmp_path, d
     assert completed_run(run_dir, _compose(overrides(store, **{"train.keep_final": "false"}))) is not None
 
 
-def test_a_preempted_run_keeps_its_checkpoints_until_it_completes(store, tmp_path, monkeypatch):
+def preempt_at_step_3(run_dir: Path, ovr: list[str], monkeypatch) -> None:
     import farlab.train
 
     make_trainer = farlab.train.make_trainer
@@ -97,17 +98,35 @@ def test_a_preempted_run_keeps_its_checkpoints_until_it_completes(store, tmp_pat
         trainer.add_callback(SignalAt(3))
         return trainer
 
-    run_dir, ovr = tmp_path / "run", overrides(store, **{"train.keep_checkpoints": "none"})
     monkeypatch.setattr(farlab.train, "make_trainer", with_signal)
     with pytest.raises(Preempted):
         run_inprocess(run_dir, ovr)
     monkeypatch.undo()
     assert read_json(run_dir / "run_metadata.json")["status"] == "preempted"
+
+
+def test_a_preempted_run_keeps_its_checkpoints_until_it_completes(store, tmp_path, monkeypatch):
+    run_dir, ovr = tmp_path / "run", overrides(store, **{"train.keep_checkpoints": "none"})
+    preempt_at_step_3(run_dir, ovr, monkeypatch)
     assert checkpoint_names(run_dir) == ["checkpoint-2", "checkpoint-3"]  # what the requeued job resumes from
 
     metrics = run_inprocess(run_dir, ovr)
     assert metrics["train"]["resumed_from"] == str(run_dir / "checkpoint-3")
     assert metrics["train"]["global_step"] == 4 and checkpoint_names(run_dir) == []
+
+
+def test_a_run_dir_another_live_process_holds_is_left_untouched(store, tmp_path, monkeypatch):
+    """A double submission: the second process must neither resume nor restart what the first is training."""
+    run_dir, ovr = tmp_path / "run", overrides(store)
+    preempt_at_step_3(run_dir, ovr, monkeypatch)  # resumable: without the lock a second process would train it
+    with held_by_another_process(run_dir) as holder:
+        before = snapshot(run_dir)
+        with pytest.raises(RunDirBusy, match=f"pid {holder.pid} "):
+            run_inprocess(run_dir, ovr)
+        assert snapshot(run_dir) == before
+    metrics = run_inprocess(run_dir, ovr)  # once the holder is gone, the same command resumes it
+    assert metrics["train"]["resumed_from"] == str(run_dir / "checkpoint-3")
+    assert read_json(run_dir / "run_metadata.json")["status"] == "completed"
 
 
 @pytest.mark.parametrize("value", ["lats", "some"])

@@ -22,6 +22,7 @@ import pytest
 from farlab import collect
 from farlab.trainer import checkpoints
 from tests.integration.test_resume import assert_bitwise, run_inprocess
+from tests.unit.test_run_lock import held_by_another_process
 
 LOSSES = (
     "combined_ce",
@@ -223,3 +224,17 @@ def test_ce_runs_once_and_a_relaunch_skips_completed_jobs(tmp_path: Path) -> Non
         assert "task cola:" not in new_lines and "resuming from" not in new_lines  # nothing loaded or trained
         assert (job / "metrics.json").read_bytes() == first[name]
         assert read_json(job / "run_metadata.json")["attempts"] == 1
+
+    # Once more while another live process holds one job's run dir (a double submission): that job fails at once and
+    # leaves it untouched, the others are still skipped, and the sweep exits non-zero with the reason.
+    held = jobs["loss=combined_r,seed=42,teacher_strategy=cotrain_base"]
+    logs = {name: (job / "output.log").read_text() for name, job in jobs.items()}
+    with held_by_another_process(held) as holder:
+        proc = start_sweep(again, cwd=tmp_path)
+        out, _ = proc.communicate(timeout=SWEEP_TIMEOUT_S)
+    assert proc.returncode != 0 and f"RunDirBusy: run dir {held} is in use by another live process (pid {holder.pid} " \
+        in out, out[-3000:]
+    for name, job in jobs.items():
+        new_lines = (job / "output.log").read_text()[len(logs[name]):]
+        assert ("skipping" in new_lines) == (job != held), (name, new_lines)
+        assert (job / "metrics.json").read_bytes() == first[name]
