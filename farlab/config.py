@@ -8,6 +8,7 @@ YAML files state only what differs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -347,6 +348,15 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("farlab_root", lambda: str(REPO_ROOT))
     if not OmegaConf.has_resolver("pkg_path"):
         OmegaConf.register_new_resolver("pkg_path", package_path)
+
+
+def canonical_setting(key: str, value: Any) -> Any:
+    """A config value as it identifies an experiment. Data paths (keys ending in ``_dir`` or ``_file``) become
+    their real path, so the same files reached from another checkout (``<repo>/../shared/data``) are one setting:
+    the SFT-teacher store's key and the completed-run check both compare through this."""
+    if isinstance(value, str) and key.endswith(("_dir", "_file")):
+        return os.path.realpath(value)
+    return value
 
 
 def package_path(package: str, *parts: str) -> str:

@@ -18,6 +18,7 @@ import fcntl
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".farlab-run.lock"
 _NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP)  # e.g. Lustre mounted without -o flock
+# A busy lock is tried again for this long before the run gives up: lock_holder's probe (a sweep's dry run) holds
+# it for microseconds, and must not make a job that starts at that moment fail.
+_BUSY_RETRY_S, _BUSY_TRIES = 0.05, 10
 
 
 @contextmanager
@@ -50,7 +54,7 @@ def _acquire(path: Path, run_dir: Path) -> IO[str] | None:
     while True:
         handle = open(path, "a+")  # noqa: SIM115 - held open for the run's lifetime, closed by run_dir_lock
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock(handle)
         except BlockingIOError:
             handle.close()
             raise RunDirBusy(
@@ -74,6 +78,34 @@ def _acquire(path: Path, run_dir: Path) -> IO[str] | None:
             handle.flush()
             return handle
         handle.close()  # its holder removed this file as it finished: lock the one at the path now
+
+
+def _lock(handle: IO[str]) -> None:
+    for _ in range(_BUSY_TRIES - 1):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(_BUSY_RETRY_S)
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s lock now (``pid .. on <host> since ..``), or None. Creates and removes nothing."""
+    path = run_dir / LOCK_NAME
+    try:
+        handle = open(path)  # noqa: SIM115 - closed below; read-only, so a missing file stays missing
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(path)
+        except OSError:
+            return None  # no flock on this file system: nobody can hold it
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
 
 
 def _still_names(path: Path, handle: IO[str]) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from farlab import distributed
-from farlab.config import REPO_ROOT, FarlabConfig
+from farlab.config import REPO_ROOT, FarlabConfig, canonical_setting
 from farlab.errors import ConfigError, RunDirError
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ ADDED_OPTION_VALUES = {"task.targets": "gold"}
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """``key: stored -> new`` for every leaf that differs, irrelevant keys left out (sorted)."""
+    """``key: stored -> new`` for every leaf that differs, irrelevant keys left out (sorted); data paths compare as
+    real paths (:func:`~farlab.config.canonical_setting`), so a sweep re-run from another checkout still skips."""
     old, cur = _flatten(stored), _flatten(new)
     missing = object()
     diffs = []
@@ -183,7 +184,7 @@ def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]
         a, b = old.get(key, missing), cur.get(key, missing)
         if a is missing and (b is None or ADDED_OPTION_VALUES.get(key, missing) == b):
             continue
-        if a != b and not irrelevant_key(key):
+        if canonical_setting(key, a) != canonical_setting(key, b) and not irrelevant_key(key):
             show = ["(absent)" if v is missing else repr(v) for v in (a, b)]
             diffs.append(f"{key}: {show[0]} -> {show[1]}")
     return diffs
@@ -246,11 +247,19 @@ def finished_run(run_dir: Path, reader: str) -> dict[str, Any]:
     return meta
 
 
+class DifferentConfigError(ConfigError):
+    """The run dir holds a completed run of another experiment; ``diffs`` lists ``key: stored -> now``."""
+
+    def __init__(self, diffs: list[str], message: str) -> None:
+        super().__init__(message)
+        self.diffs = diffs
+
+
 def completed_run(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     """The stored metrics when ``run_dir`` already holds this experiment, completed; None when it must run.
 
     A run counts as completed when ``run_metadata.json`` says ``completed`` and ``metrics.json`` holds the
-    primary metric. Raises :class:`ConfigError` when the completed run's ``config.yaml`` differs from ``cfg`` in
+    primary metric. Raises :class:`DifferentConfigError` when the completed run's ``config.yaml`` differs from ``cfg`` in
     a key outside :data:`IRRELEVANT_KEYS`: skipping would report another experiment's numbers as this one's.
     """
     try:
@@ -273,9 +282,12 @@ def completed_run(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     stored, new = (_reload(text) for text in (stored_path.read_text(), OmegaConf.to_yaml(cfg, resolve=True)))
     diffs = config_differences(_with_new_defaults(stored), new)
     if diffs:
-        raise ConfigError(
-            f"run dir {run_dir} holds a completed run of a different config "
-            f"({len(diffs)} {'key differs' if len(diffs) == 1 else 'keys differ'}, stored -> now):\n  " + "\n  ".join(diffs) + "\nRe-launch with the stored values to skip it, "
-            "pass rerun=true to train again in that dir (overwriting its results), or use another run dir"
+        count = f"{len(diffs)} {'key differs' if len(diffs) == 1 else 'keys differ'}"
+        raise DifferentConfigError(
+            diffs,
+            f"run dir {run_dir} holds a completed run of a different config ({count}, stored -> now):\n  "
+            + "\n  ".join(diffs)
+            + "\nRe-launch with the stored values to skip it, pass rerun=true to train again in that dir "
+            "(overwriting its results), or use another run dir",
         )
     return metrics

@@ -7,7 +7,6 @@ the task first, through the teacher store); ``trainable`` decides frozen vs co-t
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel, set_seed
 
-from farlab.config import ModelSpec
+from farlab.config import ModelSpec, canonical_setting
 from farlab.data.base import TaskData
 from farlab.losses.plan import LossPlan
 from farlab.models.loading import build_model, check_vocab, head_for
@@ -141,11 +140,10 @@ def _teacher_spec_material(spec: Any) -> dict[str, Any]:
 
 
 def _task_material(task: Any) -> dict[str, Any]:
-    """The task's fields less those the SFT teacher never uses; data paths made canonical (``os.path.realpath``), so
-    the same files reached from another checkout (``<repo>/../shared/data``) give the same key."""
+    """The task's fields less those the SFT teacher never uses, data paths made canonical
+    (:func:`~farlab.config.canonical_setting`): the same files reached from another checkout give the same key."""
     fields = OmegaConf.to_container(task, resolve=True)
-    return {k: os.path.realpath(v) if isinstance(v, str) and k.endswith(("_dir", "_file")) else v
-            for k, v in fields.items() if k not in UNUSED_BY_SFT}
+    return {k: canonical_setting(k, v) for k, v in fields.items() if k not in UNUSED_BY_SFT}
 
 
 def strategy_problems(ts: Any, plan: Any) -> list[str]:

@@ -8,22 +8,29 @@ canonical form equals an earlier job's is dropped and logged; the first one (swe
 before launching, so it works with every launcher (basic, submitit_local, submitit_slurm): they only ever see
 the distinct jobs.
 
-``hydra.sweeper.dry_run=true`` lists the distinct jobs (and the dropped ones) without launching anything.
+``hydra.sweeper.dry_run=true`` lists the distinct jobs (and the dropped ones) without launching anything, each
+with what a launch would do with its run dir now (:mod:`farlab.run_state`): skip it (completed), resume it, start
+it, or fail (held by a live process, or completed under another config). A chunked study reads what is left there.
 """
 
 # No ``from __future__ import annotations`` here: Hydra's plugin scan executes this module before it is in
 # sys.modules, and dataclasses then cannot resolve string annotations.
+import copy
 import json
 import logging
+import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("farlab.sweeper")
 
@@ -118,13 +125,48 @@ class FarlabSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         if not self.dry_run:
             return super().sweep(arguments)
-        assert self.hydra_context is not None
+        from farlab.run_state import ACTIONS  # local: loads torch (see needs_teacher)
+
+        assert self.hydra_context is not None and self.config is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         batches = self.split_arguments(parser.parse_overrides([*self._parse_config(), *arguments]), None)
         jobs = [job for batch in batches for job in batch]
         common = set.intersection(*(set(job) for job in jobs)) if len(jobs) > 1 else set()
         shared = " ".join(o for o in jobs[0] if o in common) if common else "(none)"
         log.info("dry run: %d jobs would be launched (nothing launched); overrides of every job: %s", len(jobs), shared)
-        for num, job in enumerate(jobs):
-            log.info("  #%d : %s", num, _show(job, common))
+        states = self.job_states(jobs)
+        for num, (job, state) in enumerate(zip(jobs, states)):
+            log.info("  #%d : %s -> %s", num, _show(job, common), state)
+        counts = Counter(state.action for state in states)
+        log.info("in %s: %s", self.config.hydra.sweep.dir,
+                 ", ".join(f"{counts[action]} {action}" for action in ACTIONS if counts[action]))
         return []
+
+    def job_states(self, jobs: Sequence[Sequence[str]]) -> list[Any]:
+        """What launching each job would do with its run dir (skip, resume, start, fail), read-only.
+
+        Each job's dir comes from its composed config with the number the launcher would give it, as Hydra's
+        ``run_job`` derives it; the Hydra config in effect is restored afterwards.
+        """
+        from farlab.run_state import RunState, run_state  # local: loads torch (see needs_teacher)
+
+        assert self.hydra_context is not None and self.config is not None
+        loader, saved = self.hydra_context.config_loader, HydraConfig.instance().cfg
+        states = []
+        try:
+            for num, job in enumerate(jobs):
+                cfg = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(job))
+                with open_dict(cfg):
+                    cfg.hydra.job.id, cfg.hydra.job.num = num, num
+                HydraConfig.instance().set_config(cfg)
+                try:
+                    run_dir = Path(cfg.output_dir or os.path.join(cfg.hydra.sweep.dir, cfg.hydra.sweep.subdir))
+                    task_cfg = copy.deepcopy(cfg)
+                    with open_dict(task_cfg):
+                        del task_cfg["hydra"]
+                    states.append(run_state(run_dir.absolute(), task_cfg))
+                except Exception as err:  # noqa: BLE001 - e.g. an env var only the job's machine has
+                    states.append(RunState("starts", f"its run dir cannot be resolved here: {err}"))
+        finally:
+            HydraConfig.instance().cfg = saved  # type: ignore[assignment]
+        return states

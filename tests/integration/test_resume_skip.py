@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from farlab.errors import ConfigError, RunDirBusy
-from farlab.run_record import completed_run
+from farlab.run_record import DifferentConfigError, completed_run
 from farlab.trainer import checkpoints
 from farlab.trainer.signals import Preempted
 from tests.conftest import tiny_overrides
@@ -197,6 +199,24 @@ def test_a_different_config_in_a_completed_run_dir_is_refused(store, done, monke
     assert "task.train_limit: 64 -> 32" in msg and "train.learning_rate: 5e-05 -> 0.0001" in msg
     assert "rerun=true" in msg
     assert snapshot(done) == before
+
+
+def test_the_same_data_reached_from_another_checkout_is_the_same_experiment(store, done, tmp_path):
+    """A sweep re-run from another worktree (``<repo>/../shared/data``) still skips; other data does not."""
+    run_dir = copy_of(done, tmp_path)
+    stored = OmegaConf.load(run_dir / "config.yaml")
+    data = Path(stored.task.data_dir)
+    detour = tmp_path / "checkout"
+    detour.mkdir()
+    stored.task.data_dir = f"{detour}/../{os.path.relpath(data, tmp_path)}"  # a path that goes via another folder
+    assert stored.task.data_dir != str(data) and os.path.realpath(stored.task.data_dir) == os.path.realpath(data)
+    OmegaConf.save(stored, run_dir / "config.yaml")
+    assert completed_run(run_dir, _compose(overrides(store))) is not None
+
+    other = Path(shutil.copytree(data, tmp_path / "other_cola"))
+    with pytest.raises(DifferentConfigError) as err:
+        completed_run(run_dir, _compose(overrides(store, **{"task.data_dir": str(other)})))
+    assert err.value.diffs == [f"task.data_dir: {str(stored.task.data_dir)!r} -> {str(other)!r}"]
 
 
 def test_rerun_true_runs_a_completed_run_again(store, done, tmp_path, caplog):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,10 +17,11 @@ import pytest
 
 from farlab import run_lock
 from farlab.errors import RunDirBusy
-from farlab.run_lock import LOCK_NAME, run_dir_lock
+from farlab.run_lock import LOCK_NAME, lock_holder, run_dir_lock
 
 _HOLD = """
 import sys
+import threading
 from pathlib import Path
 from farlab.run_lock import run_dir_lock
 with run_dir_lock(Path(sys.argv[1])):
@@ -49,7 +51,8 @@ def test_a_live_holder_blocks_and_is_named(tmp_path):
         with pytest.raises(RunDirBusy, match=busy), run_dir_lock(tmp_path / "run"):
             pytest.fail("entered a run dir another process holds")
         assert (tmp_path / "run" / LOCK_NAME).is_file()  # the refused process removed nothing
-    assert holder.returncode == 0
+        assert lock_holder(tmp_path / "run").startswith(f"pid {holder.pid} on ")
+    assert holder.returncode == 0 and lock_holder(tmp_path / "run") is None
     assert not (tmp_path / "run" / LOCK_NAME).exists()  # released and tidied: the run dir is as the run left it
     with run_dir_lock(tmp_path / "run"):
         pass
@@ -60,9 +63,20 @@ def test_a_killed_holder_leaves_no_lock_that_blocks_its_resume(tmp_path):
         holder.send_signal(signal.SIGKILL)  # OOM killer, node failure: no cleanup runs
         holder.wait(timeout=60)
     assert (tmp_path / "run" / LOCK_NAME).is_file()  # the file stays; the kernel dropped the lock with the process
+    assert lock_holder(tmp_path / "run") is None
     with run_dir_lock(tmp_path / "run"):
         assert str(os.getpid()) in (tmp_path / "run" / LOCK_NAME).read_text()
     assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_the_probe_creates_nothing_and_does_not_fail_a_run_starting_meanwhile(tmp_path):
+    assert lock_holder(tmp_path) is None and list(tmp_path.iterdir()) == []  # read-only: no lock file made
+    (tmp_path / LOCK_NAME).write_text("pid 1 on elsewhere since then\n")  # a killed run's leftover
+    probe = open(tmp_path / LOCK_NAME)  # noqa: SIM115 - closed by the timer; lock_holder's shared lock
+    fcntl.flock(probe, fcntl.LOCK_SH)
+    threading.Timer(0.1, probe.close).start()
+    with run_dir_lock(tmp_path):  # tries again for a moment instead of failing as busy
+        assert lock_holder(tmp_path).startswith(f"pid {os.getpid()} on ")
 
 
 def test_one_process_cannot_hold_it_twice(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,29 +17,34 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from farlab.atomic import publish
 from farlab.config import REPO_ROOT, register_configs
+from farlab.run_lock import LOCK_NAME
+from farlab.run_record import RunRecord
 from hydra_plugins.farlab_sweeper.farlab_sweeper import canonical_form, needs_teacher
+from tests.unit.test_run_lock import held_by_another_process
 
 STRATEGIES = ("frozen_sft", "frozen_base", "cotrain_sft", "cotrain_base")
 QUIET = ["hydra/job_logging=none", "hydra/hydra_logging=none"]  # leave the test process's logging alone
 
 
-def multirun(sweep_dir: Path, overrides: list[str]) -> list[DictConfig]:
-    """``python -m farlab.train -m <overrides>`` in-process, recording each launched job's config."""
+def multirun(sweep_dir: Path, overrides: list[str], task: Callable[[DictConfig], float] | None = None) -> list[DictConfig]:
+    """``python -m farlab.train -m <overrides>`` in-process, recording each launched job's config (and passing it
+    to ``task`` when given)."""
     register_configs()
     launched: list[DictConfig] = []
 
-    def task(cfg: DictConfig) -> float:
+    def record(cfg: DictConfig) -> float:
         job = cfg.copy()
         with open_dict(job):
             job.job_num = HydraConfig.get().job.num  # the number the launcher gave it
         launched.append(job)
-        return 0.0
+        return task(cfg) if task else 0.0
 
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
         GlobalHydra.instance().hydra.multirun(
             config_name="config",
-            task_function=task,
+            task_function=record,
             overrides=[*overrides, f"hydra.sweep.dir={sweep_dir}", *QUIET],
             with_log_configuration=False,
         )
@@ -105,8 +111,59 @@ def test_dry_run_lists_the_jobs_and_launches_nothing(tmp_path, caplog):
         in caplog.text
     )
     listed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("  #")]
-    assert len(listed) == 29 and listed[0] == "  #0 : loss=combined_f teacher_strategy=frozen_sft"
-    assert listed[-1] == "  #28 : loss=combined_ce teacher_strategy=frozen_sft"
+    assert len(listed) == 29 and listed[0] == "  #0 : loss=combined_f teacher_strategy=frozen_sft -> starts"
+    assert listed[-1] == "  #28 : loss=combined_ce teacher_strategy=frozen_sft -> starts"
+    assert f"in {tmp_path / 'sweep'}: 29 starts" in caplog.text
+
+
+def leave_as(state: str):
+    """A task that leaves its run dir in ``state`` through farlab's own run record (what execute writes)."""
+
+    def task(cfg: DictConfig) -> float:
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        stored = cfg.copy()
+        if state == "another config":
+            stored.train.learning_rate = 1.0
+        record = RunRecord(run_dir, cfg, [])
+        record.start(stored)
+        if state == "preempted":
+            staged = run_dir / "staged"
+            staged.mkdir()
+            publish(staged, run_dir / "checkpoint-4")  # a complete checkpoint, as the trainer leaves one
+        if state in ("completed", "another config"):
+            record.write_metrics({"primary_metric": "mcc", "post": {"student": {"mcc": 0.2}}})
+        record.finish({"another config": "completed"}.get(state, state))
+        return 0.0
+
+    return task
+
+
+def test_dry_run_says_what_a_launch_would_do_with_each_run_dir(tmp_path, caplog):
+    """The chunked-study question "what is left?": each job's state read from its run dir as execute() would."""
+    caplog.set_level(logging.INFO, logger="farlab.sweeper")
+    sweep, common = tmp_path / "sweep", ["+experiment=far_factorial", "teacher_strategy=frozen_base"]
+    states = {"combined_r": "completed", "combined_f": "preempted", "combined_a": "failed",
+              "combined_fa": "another config", "combined_fr": "completed"}
+    for loss, state in states.items():
+        multirun(sweep, [*common, f"loss={loss}"], task=leave_as(state))
+    held = sweep / "loss=combined_fr,seed=42,teacher_strategy=frozen_base"
+    every = "loss=combined_ce,combined_r,combined_f,combined_a,combined_fa,combined_fr"
+    with held_by_another_process(held) as proc:
+        caplog.clear()
+        assert multirun(sweep, [*common, every, "hydra.sweeper.dry_run=true"]) == []
+        holder = (held / LOCK_NAME).read_text().strip()
+    assert holder.startswith(f"pid {proc.pid} on ")
+    listed = {r.getMessage().split(" : ")[1] for r in caplog.records if r.getMessage().startswith("  #")}
+    assert listed == {
+        "loss=combined_ce -> starts",
+        "loss=combined_r -> skips (completed)",
+        "loss=combined_f -> resumes (was preempted, from checkpoint-4)",
+        "loss=combined_a -> starts over (was failed, no complete checkpoint)",
+        "loss=combined_fa -> fails (completed under another config: train.learning_rate: 1.0 -> 5e-05)",
+        f"loss=combined_fr -> fails (busy: another live process holds it, {holder})",
+    }
+    assert f"in {sweep}: 1 skips, 1 resumes, 1 starts over, 1 starts, 2 fails" in caplog.text
+    assert not (sweep / "loss=combined_ce,seed=42,teacher_strategy=frozen_base").exists()  # nothing launched
 
 
 def test_needs_teacher_and_canonical_form(compose_cfg):
