@@ -8,10 +8,15 @@
 # Run from the frozen worktree the study started in (FARLAB_STUDY_SRC, commit ce93426): the training path is
 # the same, and its SFT-store keys match the teachers already stored. Jobs that already ran with two threads
 # (named ...train.num_threads=2...) are left out of the lists below, not run again under another name.
+#
+# `scripts/far_study.sh status` runs nothing: it dry-runs every chunk of both queues from this checkout and
+# lists what a launch would do with each job (skip, resume, start...; docs/sweeps.md). The frozen worktree
+# takes no run-dir lock, so a job it is training shows as "resumes (was running ...)", not as busy.
 set -u
-queue=${1:?usage: scripts/far_study.sh 1|2}
+queue=${1:?usage: scripts/far_study.sh 1|2|status}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 SRC=${FARLAB_STUDY_SRC:-/work/sweep}
-OUT=${FARLAB_STUDY_OUT:-$(cd "$(dirname "$0")/.." && pwd)/multirun}
+OUT=${FARLAB_STUDY_OUT:-$REPO/multirun}
 PY=${PY:-python}
 common="model=minilm teacher_strategy.recipe.learning_rate=1e-4 train.num_threads=1 train.progress_bar=false"
 sst2="task.train_limit=8000 teacher_strategy=frozen_sft,cotrain_base"
@@ -19,6 +24,18 @@ sst2="task.train_limit=8000 teacher_strategy=frozen_sft,cotrain_base"
 far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the sweep dir
     local task=$1 seed=$2 losses=$3
     shift 3
+    if [ "$queue" = status ]; then
+        echo "=== $task seed $seed loss=$losses $*"
+        local out
+        if out=$(cd "$REPO" && $PY -m farlab.train -m +experiment=far_factorial task="$task" seed="$seed" \
+            loss="$losses" $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed" \
+            hydra.sweeper.dry_run=true 2>&1); then
+            sed -n 's/^.*\] \(  #[0-9]* : \)/\1/p; s/^.*\] \(in .*\)$/  \1/p' <<< "$out"
+        else
+            echo "dry run failed:"; tail -n 5 <<< "$out"
+        fi
+        return
+    fi
     echo "=== queue $queue: $task seed $seed loss=$losses $* ($(date -u +%FT%TZ))"
     (cd "$SRC" && $PY -m farlab.train -m +experiment=far_factorial task="$task" seed="$seed" loss="$losses" \
         $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed") \
@@ -27,7 +44,7 @@ far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the
 }
 
 mkdir -p "$OUT"
-if [ "$queue" = 1 ]; then
+if [ "$queue" = 1 ] || [ "$queue" = status ]; then
     far cola 1 combined_r teacher_strategy=cotrain_sft       # seed 1's F, A and three R jobs ran with 2 threads
     far cola 1 combined_fr,combined_fa
     far cola 2 combined_f,combined_a,combined_r,combined_fr
@@ -36,7 +53,8 @@ if [ "$queue" = 1 ]; then
     far sst2 1 combined_f,combined_a,combined_fr $sst2
     far sst2 2 combined_f,combined_a,combined_r,combined_fr $sst2
     far sst2 3 combined_f,combined_a,combined_r,combined_fr $sst2
-else
+fi
+if [ "$queue" = 2 ] || [ "$queue" = status ]; then
     far sst2 2 combined_ce,combined_r teacher_strategy=frozen_sft task.train_limit=8000  # issue 14's baselines
     far cola 1 combined_ar,combined_far,combined_ce
     far cola 2 combined_fa,combined_ar,combined_far,combined_ce
