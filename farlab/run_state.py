@@ -47,7 +47,9 @@ def run_state(run_dir: Path, cfg: DictConfig) -> RunState:
             return RunState("fails", f"completed under another config: {'; '.join(err.diffs)}")
         except ConfigError as err:
             return RunState("fails", str(err))
-    checkpoint = latest_complete_checkpoint(run_dir) if cfg.resume else None
+    if not cfg.resume:
+        return RunState("starts over", f"was {status}, resume=false")
+    checkpoint = latest_complete_checkpoint(run_dir)
     if checkpoint is not None:
         return RunState("resumes", f"was {status}, from {checkpoint.name}")
     return RunState("starts over", f"was {status}, no complete checkpoint")

@@ -19,6 +19,9 @@ SRC=${FARLAB_STUDY_SRC:-/work/sweep}
 OUT=${FARLAB_STUDY_OUT:-$REPO/multirun}
 PY=${PY:-python}
 common="model=minilm teacher_strategy.recipe.learning_rate=1e-4 train.num_threads=1 train.progress_bar=false"
+# The study's job dir names, as they were when it started: every override but experiment (farlab now also leaves
+# out settings such as train.num_threads; a dry run from this checkout must still find the study's dirs).
+naming="hydra.job.config.override_dirname.exclude_keys=[experiment]"
 sst2="task.train_limit=8000 teacher_strategy=frozen_sft,cotrain_base"
 
 far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the sweep dir
@@ -28,7 +31,7 @@ far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the
         echo "=== $task seed $seed loss=$losses $*"
         local out
         if out=$(cd "$REPO" && $PY -m farlab.train -m +experiment=far_factorial task="$task" seed="$seed" \
-            loss="$losses" $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed" \
+            loss="$losses" $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed" "$naming" \
             hydra.sweeper.dry_run=true 2>&1); then
             sed -n 's/^.*\] \(  #[0-9]* : \)/\1/p; s/^.*\] \(in .*\)$/  \1/p' <<< "$out"
         else
@@ -38,7 +41,7 @@ far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the
     fi
     echo "=== queue $queue: $task seed $seed loss=$losses $* ($(date -u +%FT%TZ))"
     (cd "$SRC" && $PY -m farlab.train -m +experiment=far_factorial task="$task" seed="$seed" loss="$losses" \
-        $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed") \
+        $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed" "$naming") \
         >> "$OUT/far_${task}_minilm_seed${seed}.queue$queue.log" 2>&1
     echo "=== rc=$? ($(date -u +%FT%TZ))"
 }

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from farlab.atomic import publish
 from farlab.config import REPO_ROOT, register_configs
 from farlab.run_lock import LOCK_NAME
-from farlab.run_record import RunRecord
+from farlab.run_record import RunRecord, _flatten, irrelevant_key
 from hydra_plugins.farlab_sweeper.farlab_sweeper import canonical_form, needs_teacher
 from tests.unit.test_run_lock import held_by_another_process
 
@@ -165,6 +165,13 @@ def test_dry_run_says_what_a_launch_would_do_with_each_run_dir(tmp_path, caplog)
     assert f"in {sweep}: 1 skips, 1 resumes, 1 starts over, 1 starts, 2 fails" in caplog.text
     assert not (sweep / "loss=combined_ce,seed=42,teacher_strategy=frozen_base").exists()  # nothing launched
 
+    # rerun/resume are left out of the job dir names: the same dirs, another decision.
+    for flag, state in (("rerun=True", "starts over (was completed, no complete checkpoint)"),
+                        ("resume=False", "starts over (was completed, resume=false)")):
+        caplog.clear()
+        multirun(sweep, [*common, "loss=combined_r", flag, "hydra.sweeper.dry_run=true"])
+        assert f"+experiment=far_factorial {flag} -> {state}" in caplog.text
+
 
 def test_needs_teacher_and_canonical_form(compose_cfg):
     ce = compose_cfg(["loss=combined_ce", "teacher_strategy=cotrain_base"])
@@ -197,3 +204,23 @@ def test_batches_are_cut_from_the_distinct_jobs(max_batch_size, tmp_path):
         [("combined_ce", "frozen_sft", 42), *(("combined_r", s, 42) for s in STRATEGIES)]
     )
     assert [c.job_num for c in launched] == list(range(5))
+
+
+def test_job_dir_names_leave_out_exactly_the_settings_that_do_not_change_the_experiment():
+    """far_factorial's exclude_keys and farlab.run_record.IRRELEVANT_KEYS agree: a re-launch that only changes
+    threads, retention, rerun/resume or where things live finds the same job dirs (and skips or resumes there)."""
+    from hydra import compose
+
+    register_configs()
+    leaves: set[str] = set()
+    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base="1.3"):
+        for teacher in ("hf", "cache", "openai", "self"):  # each teacher source brings its own irrelevant keys
+            cfg = compose("config", overrides=["+experiment=far_factorial", f"teacher={teacher}"],
+                          return_hydra_config=True)
+            job = OmegaConf.to_container(cfg, resolve=False)
+            job.pop("hydra")
+            leaves |= {key for key in _flatten(job) if irrelevant_key(key)}
+    excluded = list(cfg.hydra.job.config.override_dirname.exclude_keys)
+    assert len(excluded) == len(set(excluded)) and excluded[0] == "experiment"
+    assert set(excluded[1:]) == leaves
+    assert {"train.num_threads", "rerun", "teacher.cache.dir", "teacher.openai.api_key_env"} <= leaves
