@@ -38,10 +38,11 @@ chunk() {  # chunk PAIR SEED
     local dir="$OUT/real_${pair}_${task}_seed$seed"
     echo "=== $pair seed $seed -> $dir ($(date -u +%FT%TZ))"
     if [ "$pair" = smollm2 ]; then
-        $PY -m farlab.train -m model=smollm2 $europarl seed="$seed" $common \
-            'loss=combined_ce,response_kl' teacher_strategy=frozen_sft hydra.sweep.dir="$dir" >> "$dir.log" 2>&1 &&
-        $PY -m farlab.train -m model=smollm2 $europarl seed="$seed" $common \
-            loss=response_kl teacher_strategy=frozen_base hydra.sweep.dir="$dir" >> "$dir.log" 2>&1
+        # One sweep (numbered job dirs): farlab's sweeper drops CE's frozen_base job (CE loads no teacher), leaving
+        # CE, KL from the SFT teacher, KL from the base teacher. Two sweeps into one dir would both number from 0.
+        $PY -m farlab.train -m model=smollm2 $europarl seed="$seed" $common hydra/sweeper=farlab \
+            'loss=combined_ce,response_kl' teacher_strategy=frozen_sft,frozen_base hydra.sweep.dir="$dir" \
+            >> "$dir.log" 2>&1
     else
         $PY -m farlab.train -m $args seed="$seed" $common hydra.sweep.dir="$dir" >> "$dir.log" 2>&1
     fi
