@@ -27,7 +27,7 @@ def transfer_efficiency(metric: str, gain: float | None, advantage: float | None
     floor = min_teacher_advantage(metric)
     if advantage < floor:
         return None, (f"teacher advantage {advantage:.4f} < {floor:g} ({MIN_ADVANTAGE_SHARE:.0%} of the metric's "
-                      "range): too small to divide by (an untuned teacher's head)")
+                      "range): too small to divide by")
     return (None if gain is None else gain / advantage), None
 
 
