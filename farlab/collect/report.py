@@ -15,7 +15,17 @@ from typing import Any
 from farlab.collect.factors import BASELINE_LABEL, SHARED
 from farlab.collect.runs import RECIPE_KEYS, VARIANT_MARK, Skipped
 from farlab.collect.stats import CONFIDENCE, Anova, CrossTask, Paired
-from farlab.collect.tables import COLLAPSE_RATE, Table, aggregate, fmt_num, fmt_value, md_table, to_csv
+from farlab.collect.tables import (
+    COLLAPSE_RATE,
+    Table,
+    aggregate,
+    cell_text,
+    finite,
+    fmt_num,
+    fmt_value,
+    md_table,
+    to_csv,
+)
 from farlab.eval.transfer import MIN_ADVANTAGE_SHARE
 
 DEGENERATE_RULE = (f"† = the student sits at the majority class (MCC exactly 0, or one class >= {COLLAPSE_RATE:.0%} "
@@ -213,6 +223,35 @@ def calibration_section(g: GroupStats) -> list[str]:
     return ["### Calibration (post-training student)", ""] + header(shows, cannot, seeds_text(ns), g) + lines + [""]
 
 
+def teacher_section(g: GroupStats) -> list[str]:
+    """The teachers the students learned from, per strategy, on the primary metric: when the student started (a
+    frozen teacher's one score; after its fine-tuning for an SFT teacher) and when it ended (a co-trained teacher,
+    one per run). Nothing when no run had a teacher."""
+    name = g.metric.removeprefix("post_student_")
+    start_col, end_col = f"pre_teacher_{name}", f"post_teacher_{name}"
+    taught = [r for r in g.rows if r["cell_strategy"] != SHARED]
+    # Every cell of a seed starts from the same teacher: one value per (strategy, seed), not one per run.
+    starts: dict[tuple[str, str], float] = {}
+    for r in taught:
+        if finite(r.get(start_col)):
+            starts.setdefault((r["cell_strategy"], str(r["seed"])), float(r[start_col]))
+    if not starts:
+        return []
+    start = aggregate([{"strategy": s, "v": v} for (s, _), v in sorted(starts.items())], ("strategy",), "v")
+    end = aggregate(taught, ("cell_strategy",), end_col)
+    lines = ["| teacher strategy | at the student's start | at the student's end |", "|---|---|---|"]
+    for s in g.table.strategies:
+        lines.append(f"| {s} | {cell_text(start.get((s,)), n_fmt='(n={n} seeds)')} | "
+                     f"{cell_text(end.get((s,)), n_fmt='(n={n} runs)')} |")
+    shows = (f"the teacher's `{name}` on the eval split, mean ± sample std: at the student's start over seeds "
+             "(every cell of a seed starts from the same teacher; an SFT teacher after its fine-tuning), at its end "
+             "over runs (co-trained teachers, which every run changes in its own way)")
+    cannot = "a frozen teacher at the end (not evaluated again: it did not change); the teacher's other metrics " \
+             "(see results.csv)"
+    return (["### Teachers", ""] + header(shows, cannot, seeds_text([c.n for c in start.values()]), g) + lines
+            + [""])
+
+
 def cross_task_section(ct: CrossTask, groups: list[GroupStats]) -> list[str]:
     cols = [t.label for t in ct.tasks]
     lines = ["| cell | " + " | ".join(cols) + " | mean rank |", "|---|" + "---|" * (len(cols) + 1)]
@@ -283,7 +322,7 @@ def results_md(tables: list[Table], groups: list[GroupStats], cross: CrossTask |
             out += [f"## {t.task} / {t.model}", ""]
         out += metric_section(g, t)
         if t is g.table:
-            out += paired_section(g) + anova_section(g) + calibration_section(g)
+            out += paired_section(g) + anova_section(g) + calibration_section(g) + teacher_section(g)
     if cross is not None:
         out += cross_task_section(cross, groups)
     out += ["## Skipped runs", "", skipped_md(skipped)]

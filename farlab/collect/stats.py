@@ -23,15 +23,12 @@ from statsmodels.formula.api import ols
 from statsmodels.stats.anova import anova_lm
 
 from farlab.collect.factors import FACTORS, LOSS_ORDER, SHARED, STRATEGY_ORDER
+from farlab.collect.tables import finite
 from farlab.eval.metrics import lower_is_better
 from farlab.eval.transfer import min_teacher_advantage
 
 CONFIDENCE = 0.95
 STRATEGY_TERM = "C(strategy)"
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ---------------------------------------------------------------------------------------------- ANOVA
@@ -66,7 +63,7 @@ class Anova:
 
 def model_frame(rows: list[dict[str, Any]], metric: str) -> pd.DataFrame:
     """y, F, A, R, strategy, baseline per run with a finite metric and known F/A/R, in row order."""
-    use = [r for r in rows if _finite(r.get(metric)) and all(r.get(f) in (0, 1) for f in FACTORS)]
+    use = [r for r in rows if finite(r.get(metric)) and all(r.get(f) in (0, 1) for f in FACTORS)]
     return pd.DataFrame({"y": [float(r[metric]) for r in use],
                          **{f: [int(r[f]) for r in use] for f in FACTORS},
                          "strategy": [str(r["cell_strategy"]) for r in use],
@@ -215,7 +212,7 @@ def _per_seed(rows: list[dict[str, Any]], metric: str) -> dict[str, float]:
     """Mean of the metric per seed (str) over the given rows."""
     by: dict[str, list[float]] = {}
     for r in rows:
-        if _finite(r.get(metric)):
+        if finite(r.get(metric)):
             by.setdefault(str(r["seed"]), []).append(float(r[metric]))
     return {s: float(np.mean(v)) for s, v in by.items()}
 
@@ -274,7 +271,7 @@ class CrossTask:
 def _teacher_score(row: dict[str, Any], primary: str) -> float | None:
     """The teacher the student learned from: post-training when co-trained, else before training."""
     for col in (f"post_teacher_{primary}", f"pre_teacher_{primary}"):
-        if _finite(row.get(col)):
+        if finite(row.get(col)):
             return float(row[col])
     return None
 
@@ -284,7 +281,7 @@ def task_cells(label: str, rows: list[dict[str, Any]], metric: str) -> TaskCells
     primary = metric.removeprefix("post_student_")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        if _finite(r.get(metric)):
+        if finite(r.get(metric)):
             groups.setdefault((r["loss"], r["cell_strategy"]), []).append(r)
     means = {k: float(np.mean([r[metric] for r in v])) for k, v in groups.items()}
     keys = sorted(means)

@@ -72,7 +72,7 @@ def degenerate(metrics: dict[str, Any]) -> bool:
     if primary == "mcc" and metrics.get("post_student_mcc") == 0.0:
         return True
     rate = metrics.get("post_student_max_class_rate")
-    return _finite(rate) and rate >= COLLAPSE_RATE
+    return finite(rate) and rate >= COLLAPSE_RATE
 
 
 # ---------------------------------------------------------------------------------------------- tidy rows
@@ -139,13 +139,13 @@ def skipped_csv(skipped: list[Skipped]) -> str:
 # ---------------------------------------------------------------------------------------------- aggregation
 
 
-def _finite(v: Any) -> bool:
+def finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def aggregate(rows: list[dict[str, Any]], keys: tuple[str, ...], metric: str) -> dict[tuple, Cell]:
     """Mean/std/n of `metric` per group of `keys`, ignoring runs without a finite value (pandas when available)."""
-    usable = [r for r in rows if _finite(r.get(metric))]
+    usable = [r for r in rows if finite(r.get(metric))]
     if not usable:
         return {}
     if _pd is not None:
@@ -224,7 +224,7 @@ def degenerate_cells(rows: list[dict[str, Any]], metric: str) -> dict[tuple[str,
     """(degenerate runs, runs) per (loss, cell_strategy) cell with at least one degenerate run."""
     counts: dict[tuple[str, str], list[int]] = {}
     for r in rows:
-        if _finite(r.get(metric)):
+        if finite(r.get(metric)):
             c = counts.setdefault((r["loss"], r["cell_strategy"]), [0, 0])
             c[0] += int(r.get("degenerate") or 0)
             c[1] += 1
@@ -239,7 +239,7 @@ def primary_metric(rows: list[dict[str, Any]]) -> str | None:
             counts[r["primary_metric"]] = counts.get(r["primary_metric"], 0) + 1
     for name in sorted(counts, key=lambda n: (-counts[n], n)):
         col = f"post_student_{name}"
-        if any(_finite(r.get(col)) for r in rows):
+        if any(finite(r.get(col)) for r in rows):
             return col
     posts = sorted({k for r in rows for k in r if k.startswith("post_student_")})
     return posts[0] if posts else None

@@ -71,7 +71,8 @@ def test_ce_baseline_appears_once(factorial: collect.Summary) -> None:
     assert merged == [job_name("combined_ce", "cotrain_base", s) for s in SEEDS]
     assert all("post_student_mcc same" in s.reason for s in factorial.skipped)
     md = (factorial.out_dir / "results.md").read_text(encoding="utf-8")
-    assert md.count("| CE (shared baseline) |") == md.count("### ") - md.count("### Paired") - md.count("### ANOVA")
+    per_cell = md.count("### ") - md.count("### Paired") - md.count("### ANOVA") - md.count("### Teachers")
+    assert md.count("| CE (shared baseline) |") == per_cell
     assert "3 of them are copies of the CE baseline" in md
 
 
@@ -280,3 +281,26 @@ def test_collector_applies_the_advantage_floor_to_runs_written_before_it(templat
     assert rows["cotrain_base"]["transfer_efficiency"] is None
     assert "0.0200 < 0.05 (5% of the metric's range)" in rows["cotrain_base"]["transfer_efficiency_note"]
     assert rows["frozen_sft"]["transfer_efficiency"] == pytest.approx(0.4)
+
+
+def test_teachers_table_counts_each_seeds_teacher_once(template: Path, tmp_path: Path) -> None:
+    """Start: one teacher per (strategy, seed), however many cells learned from it; end: co-trained runs only."""
+    start = {("frozen_sft", 1): 0.40, ("frozen_sft", 2): 0.30, ("cotrain_base", 1): 0.02, ("cotrain_base", 2): 0.04}
+    end = {("combined_r", 1): 0.31, ("combined_r", 2): 0.33, ("combined_f", 1): 0.29, ("combined_f", 2): 0.27}
+
+    def teachers(loss: str, strategy: str, seed: int, m: dict) -> None:
+        if loss == "combined_ce":
+            return
+        m["pre"]["teacher"]["mcc"] = start[(strategy, seed)]
+        if strategy == "cotrain_base":
+            m["post"]["teacher"] = {**m["post"]["student"], "mcc": end[(loss, seed)]}
+
+    root = synthetic_sweep(tmp_path / "sweep", template, lambda *_: 0.2, losses=("combined_ce", "combined_r",
+                           "combined_f"), strategies=("frozen_sft", "cotrain_base"), seeds=(1, 2), edit=teachers)
+    md = (collect.collect([str(root)], plots=False).out_dir / "results.md").read_text(encoding="utf-8")
+    table = md.split("### Teachers")[1]
+    sd = statistics.stdev
+    assert f"| frozen_sft | 0.3500 ± {sd([0.40, 0.30]):.4f} (n=2 seeds) | - |" in table  # 2 seeds, not 4 runs
+    assert (f"| cotrain_base | 0.0300 ± {sd([0.02, 0.04]):.4f} (n=2 seeds) | "
+            f"0.3000 ± {sd(end.values()):.4f} (n=4 runs) |") in table
+    assert "- **Seeds per cell**: 2 (every cell)" in table
