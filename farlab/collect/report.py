@@ -259,22 +259,24 @@ def cross_task_section(ct: CrossTask, groups: list[GroupStats]) -> list[str]:
         name = BASELINE_LABEL if cell[1] == SHARED else f"{cell[0]} / {cell[1]}"
         parts = []
         for t in ct.tasks:
-            if cell not in t.ranks:
+            if cell not in t.means:
                 parts.append("-")
                 continue
             norm = t.normalised.get(cell)
-            score = f", norm {fmt_signed(norm)}" if norm is not None else ""
-            parts.append(f"{fmt_num(t.means[cell])} (rank {fmt_g(t.ranks[cell], 'g')}{score})")
-        present = sum(cell in t.ranks for t in ct.tasks)
-        lines.append(f"| {name} | " + " | ".join(parts) + f" | {ct.mean_rank[cell]:.2f} ({present} tasks) |")
+            notes = [f"rank {fmt_g(t.ranks[cell], 'g')}"] if cell in t.ranks else []
+            notes += [f"norm {fmt_signed(norm)}"] if norm is not None else []
+            parts.append(fmt_num(t.means[cell]) + (f" ({', '.join(notes)})" if notes else ""))
+        rank = f"{ct.mean_rank[cell]:.2f}" if cell in ct.mean_rank else "- (not in every task)"
+        lines.append(f"| {name} | " + " | ".join(parts) + f" | {rank} |")
+    common = len(ct.mean_rank)
     metrics = ", ".join(f"{t.label}: {t.metric}" for t in ct.tasks)
-    shows = ("per task the cell's mean primary metric and its rank among the task's cells (1 = best; ties share "
-             "the average rank), the mean rank over the tasks the cell appears in, and the normalised score "
+    shows = (f"per task the cell's mean primary metric and its rank among the {common} cells every task has (1 = best; "
+             "ties share the average rank), the mean of those ranks, and the normalised score "
              "norm = (cell - CE) / (teacher - CE) (1: the student closes the gap to its teacher; 0: no better "
              f"than CE). Metrics: {metrics}")
     cannot = (f"a normalised score where teacher - CE < {MIN_ADVANTAGE_SHARE:.0%} of the metric's range (the teacher "
               "is not meaningfully ahead, e.g. an untuned base teacher: left out); significance (see each task's "
-              "paired comparisons); ranks over cells missing from a task")
+              "paired comparisons); a rank for a cell some task lacks (its means are shown, unranked)")
     seeds = "; ".join(f"{g.task}/{g.model}: {seeds_text([c.n for c in g.table.cells.values()])}" for g in groups)
     recipes = "; ".join(f"{g.task}/{g.model}: {recipe_text(g.rows)}" for g in groups)
     degen = "; ".join(f"{g.task}/{g.model}: {degenerate_text(g.table)}" for g in groups)
@@ -352,8 +354,8 @@ def anova_csv(groups: list[GroupStats]) -> str:
 
 def cross_task_csv(ct: CrossTask) -> str:
     rows = [{"task": t.label, "metric": t.metric, "loss": cell[0], "teacher_strategy": cell[1],
-             "mean": t.means[cell], "rank": t.ranks[cell], "normalised": t.normalised.get(cell),
-             "mean_rank": ct.mean_rank[cell]}
+             "mean": t.means[cell], "rank": t.ranks.get(cell), "normalised": t.normalised.get(cell),
+             "mean_rank": ct.mean_rank.get(cell)}
             for t in ct.tasks for cell in ct.cells if cell in t.means]
     return to_csv(rows, ["task", "metric", "loss", "teacher_strategy", "mean", "rank", "normalised", "mean_rank"])
 

@@ -257,7 +257,7 @@ class TaskCells:
     label: str
     metric: str
     means: dict[tuple[str, str], float]  # (loss, cell_strategy) -> mean over seeds
-    ranks: dict[tuple[str, str], float]  # 1 = best; ties share the average rank
+    ranks: dict[tuple[str, str], float]  # among the cells every task has; 1 = best; ties share the average rank
     normalised: dict[tuple[str, str], float | None]  # None where teacher - CE < min_teacher_advantage or unknown
 
 
@@ -276,15 +276,17 @@ def _teacher_score(row: dict[str, Any], primary: str) -> float | None:
     return None
 
 
-def task_cells(label: str, rows: list[dict[str, Any]], metric: str) -> TaskCells:
-    """Cell means, ranks and normalised scores of one (task, model) group for its primary metric column."""
+def task_cells(label: str, rows: list[dict[str, Any]], metric: str,
+               ranked_cells: set[tuple[str, str]] | None = None) -> TaskCells:
+    """Cell means, ranks and normalised scores of one (task, model) group for its primary metric column; ranks
+    among ``ranked_cells`` only when given (the cells every task has)."""
     primary = metric.removeprefix("post_student_")
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in rows:
         if finite(r.get(metric)):
             groups.setdefault((r["loss"], r["cell_strategy"]), []).append(r)
     means = {k: float(np.mean([r[metric] for r in v])) for k, v in groups.items()}
-    keys = sorted(means)
+    keys = sorted(k for k in means if ranked_cells is None or k in ranked_cells)
     sign = 1.0 if lower_is_better(metric) else -1.0
     ranked = sps.rankdata([sign * means[k] for k in keys], method="average") if keys else []
     ranks = {k: float(r) for k, r in zip(keys, ranked)}
@@ -304,10 +306,15 @@ def task_cells(label: str, rows: list[dict[str, Any]], metric: str) -> TaskCells
 
 
 def cross_task(groups: list[tuple[str, list[dict[str, Any]], str]]) -> CrossTask:
-    """Cross-task summary of (label, rows, primary metric column) groups: each cell's rank per task, its mean
-    rank over the tasks it appears in, and its normalised score per task."""
-    tasks = tuple(task_cells(label, rows, metric) for label, rows, metric in groups)
-    keys = {k for t in tasks for k in t.means}
+    """Cross-task summary of (label, rows, primary metric column) groups: per task each cell's mean, its rank
+    among the cells every task has, and its normalised score; the mean rank of those common cells."""
+    # Ranks compare only where every task has the cell: a rank among CoLA's 29 cells and one among SST-2's 15
+    # are different scales, and their mean would favour cells that exist only in the smaller grid.
+    cell_sets = [{k for r in rows if finite(r.get(metric)) for k in [(r["loss"], r["cell_strategy"])]}
+                 for _, rows, metric in groups]
+    common = set.intersection(*cell_sets) if cell_sets else set()
+    tasks = tuple(task_cells(label, rows, metric, common) for label, rows, metric in groups)
+    keys = set().union(*cell_sets)
     cells = tuple(sorted(keys, key=lambda k: (k[1] != SHARED, _rank(k[0], LOSS_ORDER), _rank(k[1], STRATEGY_ORDER))))
-    mean_rank = {k: float(np.mean([t.ranks[k] for t in tasks if k in t.ranks])) for k in cells}
+    mean_rank = {k: float(np.mean([t.ranks[k] for t in tasks])) for k in cells if k in common}
     return CrossTask(tasks, cells, mean_rank)

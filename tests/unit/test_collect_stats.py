@@ -204,7 +204,8 @@ def test_cross_task_ranks_and_normalised_score(template: Path, tmp_path: Path) -
     def sst2(loss: str, strategy: str, seed: int) -> float:  # another order: A best, F worst
         return {"ce": 0.80, "f": 0.78, "a": 0.84, "r": 0.82}[letters(loss) or "ce"] + SEED_SHIFT[seed] / 10
 
-    cola = synthetic_sweep(tmp_path / "cola", template, value, losses=losses, strategies=("frozen_sft",),
+    # CoLA has a second strategy that SST-2 lacks (as in the study): its cells, the best on CoLA, are not ranked.
+    cola = synthetic_sweep(tmp_path / "cola", template, value, losses=losses, strategies=("frozen_sft", "cotrain_base"),
                            seeds=SEEDS, teacher=0.5)
     other = synthetic_sweep(tmp_path / "sst2", template, sst2, task="sst2", losses=losses,
                             strategies=("frozen_sft",), seeds=SEEDS, teacher=0.83)  # gap 0.03 < threshold
@@ -223,9 +224,15 @@ def test_cross_task_ranks_and_normalised_score(template: Path, tmp_path: Path) -
         assert cola_t.normalised[keys[loss]] == pytest.approx(want)
         assert sst2_t.normalised[keys[loss]] is None  # 0.83 - 0.80 < 5% of accuracy's range
         assert ct.mean_rank[keys[loss]] == pytest.approx((cola_t.ranks[keys[loss]] + sst2_t.ranks[keys[loss]]) / 2)
+    for loss in losses[1:]:  # a CoLA-only cell: its mean and score, no rank (it would outrank every common cell)
+        only = (loss, "cotrain_base")
+        assert cola_t.means[only] > cola_t.means[keys[loss]] and only not in cola_t.ranks and only not in ct.mean_rank
+    assert set(ct.mean_rank) == set(keys.values())
     assert 0.83 - 0.80 < min_teacher_advantage("accuracy") == 0.05 < 0.5 - means["combined_ce"]
     md = (tmp_path / "out" / "results.md").read_text(encoding="utf-8")
     assert "## Cross-task summary" in md and "teacher - CE < 5% of the metric's range" in md
+    assert "its rank among the 4 cells every task has" in md
+    assert "| combined_f / cotrain_base | " in md and md.count("- (not in every task) |") == 3
     assert (tmp_path / "out" / "cross_task.csv").is_file()
 
 
