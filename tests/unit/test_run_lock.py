@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,6 @@ from farlab.run_lock import LOCK_NAME, lock_holder, run_dir_lock
 
 _HOLD = """
 import sys
-import threading
 from pathlib import Path
 from farlab.run_lock import run_dir_lock
 with run_dir_lock(Path(sys.argv[1])):
@@ -69,14 +67,21 @@ def test_a_killed_holder_leaves_no_lock_that_blocks_its_resume(tmp_path):
     assert not (tmp_path / "run" / LOCK_NAME).exists()
 
 
-def test_the_probe_creates_nothing_and_does_not_fail_a_run_starting_meanwhile(tmp_path):
+def test_the_probe_creates_nothing_and_does_not_fail_a_run_starting_meanwhile(tmp_path, monkeypatch):
     assert lock_holder(tmp_path) is None and list(tmp_path.iterdir()) == []  # read-only: no lock file made
     (tmp_path / LOCK_NAME).write_text("pid 1 on elsewhere since then\n")  # a killed run's leftover
-    probe = open(tmp_path / LOCK_NAME)  # noqa: SIM115 - closed by the timer; lock_holder's shared lock
+    probe = open(tmp_path / LOCK_NAME)  # noqa: SIM115 - closed below; lock_holder's shared lock
     fcntl.flock(probe, fcntl.LOCK_SH)
-    threading.Timer(0.1, probe.close).start()
-    with run_dir_lock(tmp_path):  # tries again for a moment instead of failing as busy
+    waits = []
+
+    def probe_ends_during_the_wait(seconds: float) -> None:  # no timing race: the probe ends in the first wait
+        waits.append(seconds)
+        probe.close()
+
+    monkeypatch.setattr(run_lock.time, "sleep", probe_ends_during_the_wait)
+    with run_dir_lock(tmp_path):  # tries again after a moment instead of failing as busy
         assert lock_holder(tmp_path).startswith(f"pid {os.getpid()} on ")
+    assert len(waits) == 1
 
 
 def test_one_process_cannot_hold_it_twice(tmp_path):
