@@ -6,6 +6,9 @@
 #
 #   scripts/real_pairs.sh mpnet 1          # one chunk: pair, seed
 #   scripts/real_pairs.sh all              # every chunk in order (seeds 1 and 2)
+#   THREADS=1 scripts/real_pairs.sh smollm2 1 & THREADS=1 scripts/real_pairs.sh mpnet 1 & wait
+#                                          # two chunks side by side: on 2 cores two one-thread jobs train 1.34x
+#                                          # the samples of one two-thread job (measured for the FAR study)
 #
 # Needs the materialised models: python -m farlab.models.materialize mpnet smollm2 (docs/models.md).
 # BEST_CELL: the FAR cell to run next to CE and response KD on SST-2. The CoLA study's best cell is response-only
