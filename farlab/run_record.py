@@ -259,8 +259,9 @@ def completed_run(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
     """The stored metrics when ``run_dir`` already holds this experiment, completed; None when it must run.
 
     A run counts as completed when ``run_metadata.json`` says ``completed`` and ``metrics.json`` holds the
-    primary metric. Raises :class:`DifferentConfigError` when the completed run's ``config.yaml`` differs from ``cfg`` in
-    a key outside :data:`IRRELEVANT_KEYS`: skipping would report another experiment's numbers as this one's.
+    primary metric. Raises :class:`DifferentConfigError` when the completed run's ``config.yaml`` differs from
+    ``cfg`` in a key outside :data:`IRRELEVANT_KEYS`: skipping would report another experiment's numbers as this
+    one's.
     """
     try:
         status = json.loads((run_dir / "run_metadata.json").read_text()).get("status")

@@ -246,8 +246,8 @@ def teacher_section(g: GroupStats) -> list[str]:
     shows = (f"the teacher's `{name}` on the eval split, mean ± sample std: at the student's start over seeds "
              "(every cell of a seed starts from the same teacher; an SFT teacher after its fine-tuning), at its end "
              "over runs (co-trained teachers, which every run changes in its own way)")
-    cannot = "a frozen teacher at the end (not evaluated again: it did not change); the teacher's other metrics " \
-             "(see results.csv)"
+    cannot = ("a frozen teacher at the end (not evaluated again: it did not change); the teacher's other metrics "
+              "(see results.csv)")
     return (["### Teachers", ""] + header(shows, cannot, seeds_text([c.n for c in start.values()]), g) + lines
             + [""])
 
