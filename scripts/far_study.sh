@@ -46,23 +46,28 @@ far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the
     echo "=== rc=$? ($(date -u +%FT%TZ))"
 }
 
-mkdir -p "$OUT"
-if [ "$queue" = 1 ] || [ "$queue" = status ]; then
-    far cola 1 combined_r teacher_strategy=cotrain_sft       # seed 1's F, A and three R jobs ran with 2 threads
-    far cola 1 combined_fr,combined_fa
-    far cola 2 combined_f,combined_a,combined_r,combined_fr
-    far cola 3 combined_f,combined_a,combined_r,combined_fr  # CoLA's three seeds first: one task answered
-    far sst2 1 combined_r $sst2                    # CE ran with 2 threads (R/frozen_sft was stopped unfinished)
-    far sst2 1 combined_f,combined_a,combined_fr $sst2
-    far sst2 2 combined_f,combined_a,combined_r,combined_fr $sst2
-    far sst2 3 combined_f,combined_a,combined_r,combined_fr $sst2
-fi
-if [ "$queue" = 2 ] || [ "$queue" = status ]; then
-    far sst2 2 combined_ce,combined_r teacher_strategy=frozen_sft task.train_limit=8000  # issue 14's baselines
-    far cola 1 combined_ar,combined_far,combined_ce
-    far cola 2 combined_fa,combined_ar,combined_far,combined_ce
-    far cola 3 combined_fa,combined_ar,combined_far,combined_ce
-    far sst2 1 combined_fa,combined_ar,combined_far $sst2
-    far sst2 2 combined_fa,combined_ar,combined_far,combined_ce $sst2
-    far sst2 3 combined_fa,combined_ar,combined_far,combined_ce $sst2
-fi
+# The whole run is one function, called on the last line: bash has read and parsed all of it before the first
+# job starts, so editing this file while a queue runs cannot change what that queue does next.
+main() {
+    mkdir -p "$OUT"
+    if [ "$queue" = 1 ] || [ "$queue" = status ]; then
+        far cola 1 combined_r teacher_strategy=cotrain_sft       # seed 1's F, A and three R jobs ran with 2 threads
+        far cola 1 combined_fr,combined_fa
+        far cola 2 combined_f,combined_a,combined_r,combined_fr
+        far cola 3 combined_f,combined_a,combined_r,combined_fr  # CoLA's three seeds first: one task answered
+        far sst2 1 combined_r $sst2                    # CE ran with 2 threads (R/frozen_sft was stopped unfinished)
+        far sst2 1 combined_f,combined_a,combined_fr $sst2
+        far sst2 2 combined_f,combined_a,combined_r,combined_fr $sst2
+        far sst2 3 combined_f,combined_a,combined_r,combined_fr $sst2
+    fi
+    if [ "$queue" = 2 ] || [ "$queue" = status ]; then
+        far sst2 2 combined_ce,combined_r teacher_strategy=frozen_sft task.train_limit=8000  # issue 14's baselines
+        far cola 1 combined_ar,combined_far,combined_ce
+        far cola 2 combined_fa,combined_ar,combined_far,combined_ce
+        far cola 3 combined_fa,combined_ar,combined_far,combined_ce
+        far sst2 1 combined_fa,combined_ar,combined_far $sst2
+        far sst2 2 combined_fa,combined_ar,combined_far,combined_ce $sst2
+        far sst2 3 combined_fa,combined_ar,combined_far,combined_ce $sst2
+    fi
+}
+main "$@"; exit

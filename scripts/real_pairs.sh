@@ -57,11 +57,16 @@ chunk() {  # chunk PAIR SEED
     echo "=== rc=$? ($(date -u +%FT%TZ))"
 }
 
-mkdir -p "$OUT"
-if [ "${1:-}" = all ]; then
-    for seed in 1 2; do
-        for pair in minilm mpnet smollm2; do chunk "$pair" "$seed"; done
-    done
-else
-    chunk "${1:?usage: scripts/real_pairs.sh mpnet|minilm|smollm2 SEED | all}" "${2:?seed}"
-fi
+# The whole run is one function, called on the last line: bash has read and parsed all of it before the first
+# job starts, so editing this file while a queue runs cannot change what that queue does next.
+main() {
+    mkdir -p "$OUT"
+    if [ "${1:-}" = all ]; then
+        for seed in 1 2; do
+            for pair in minilm mpnet smollm2; do chunk "$pair" "$seed"; done
+        done
+    else
+        chunk "${1:?usage: scripts/real_pairs.sh mpnet|minilm|smollm2 SEED | all}" "${2:?seed}"
+    fi
+}
+main "$@"; exit
