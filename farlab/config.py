@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
@@ -38,16 +38,16 @@ class LoraSpec:
     r: int = 0
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: Optional[list[str]] = None
+    target_modules: list[str] | None = None
 
 
 @dataclass
 class WidthSpec:
     """A narrower from_teacher student (farlab/models/pruning.py); null keeps the teacher's size."""
 
-    hidden_size: Optional[int] = None
-    intermediate_size: Optional[int] = None
-    num_attention_heads: Optional[int] = None
+    hidden_size: int | None = None
+    intermediate_size: int | None = None
+    num_attention_heads: int | None = None
 
 
 @dataclass
@@ -61,8 +61,8 @@ class ModelSpec:
 
     name: str = "model"
     source: str = "pretrained"
-    path: Optional[str] = None
-    config: Optional[dict[str, Any]] = None
+    path: str | None = None
+    config: dict[str, Any] | None = None
     init_blocks: Any = None  # [1, 3, 5], or "auto:N": the N blocks of highest measured importance (models/pruning.py)
     width: WidthSpec = field(default_factory=WidthSpec)  # from_teacher: Minitron width pruning
     importance_examples: int = 256  # training examples that measure block / width importance
@@ -76,11 +76,11 @@ class ModelPairConfig:
     teacher: ModelSpec = field(default_factory=ModelSpec)
     student: ModelSpec = field(default_factory=ModelSpec)
     tokenizer: str = "???"  # a folder with a Hugging Face tokenizer
-    attn_implementation: Optional[str] = None  # None = the model's default (sdpa); eager for attention losses
-    processor: Optional[str] = None  # vision-language pairs: a folder with the processor (replaces ``tokenizer``)
-    teacher_tokenizer: Optional[str] = None  # the teacher's own tokenizer folder; None = shares ``tokenizer``
+    attn_implementation: str | None = None  # None = the model's default (sdpa); eager for attention losses
+    processor: str | None = None  # vision-language pairs: a folder with the processor (replaces ``tokenizer``)
+    teacher_tokenizer: str | None = None  # the teacher's own tokenizer folder; None = shares ``tokenizer``
     vocab_align: str = "error"  # teacher/student logit widths differ: error | truncate | pad (farlab.teachers.tokenizers)
-    pad_token: Optional[str] = None  # None = the tokenizer's own; eos; or a token to add, e.g. <|pad|> (models.padding)
+    pad_token: str | None = None  # None = the tokenizer's own; eos; or a token to add, e.g. <|pad|> (models.padding)
 
 
 @dataclass
@@ -100,7 +100,7 @@ class CotrainConfig:
     """How a co-trained teacher learns alongside the student."""
 
     ce_weight: float = 1.0  # weight of the teacher's own task CE in the joint loss
-    learning_rate: Optional[float] = None  # None = the student's learning rate
+    learning_rate: float | None = None  # None = the student's learning rate
     detach_targets: bool = True  # distillation targets carry no gradient into the teacher
 
 
@@ -119,7 +119,7 @@ class CacheBackendConfig:
     """Teacher outputs on disk (farlab.teachers.cache): built once per key, memory-mapped by every run."""
 
     dir: str = "${oc.env:FARLAB_TEACHER_CACHE,${oc.env:HOME}/.cache/farlab/teacher_cache}"
-    path: Optional[str] = None  # one explicit cache folder (its key is checked); None = <dir>/<task>-<teacher>-<key>
+    path: str | None = None  # one explicit cache folder (its key is checked); None = <dir>/<task>-<teacher>-<key>
     dtype: str = "float16"  # float16 | bfloat16 | float32: stored log-probs and hidden states
     hidden_states: bool = False  # also store the mapped teacher layers' hidden states (feature losses)
     build: bool = True  # build on first use when missing; false = refuse (build with python -m farlab.teachers.cache)
@@ -131,7 +131,7 @@ class OpenAIBackendConfig:
     """An OpenAI-compatible /v1/completions server returning prompt logprobs (vLLM, sglang, farlab.teachers.serve)."""
 
     base_url: str = "http://127.0.0.1:8000/v1"
-    model: Optional[str] = None  # served model name; None = the first one /v1/models lists
+    model: str | None = None  # served model name; None = the first one /v1/models lists
     api_key_env: str = "OPENAI_API_KEY"  # env var holding the key (never stored in run dirs); unset = no auth
     timeout_s: float = 60.0  # per request
     max_retries: int = 4  # after the first attempt; connection errors, timeouts, 429 and 5xx are retried
@@ -151,9 +151,9 @@ class TeacherConfig:
     """
 
     backend: str = "hf"  # hf | cache | openai | self (a TEACHER_BACKENDS name)
-    top_k: Optional[int] = None  # null: dense logits for hf, 20 for cache/openai; k: sparse top-k teacher
-    cache: Optional[CacheBackendConfig] = None  # teacher=cache
-    openai: Optional[OpenAIBackendConfig] = None  # teacher=openai
+    top_k: int | None = None  # null: dense logits for hf, 20 for cache/openai; k: sparse top-k teacher
+    cache: CacheBackendConfig | None = None  # teacher=cache
+    openai: OpenAIBackendConfig | None = None  # teacher=openai
 
 
 @dataclass
@@ -162,7 +162,7 @@ class UnfreezeConfig:
     (and its embeddings, with ``embeddings``) start frozen; the top-most frozen block thaws every ``every`` steps."""
 
     frozen_blocks: int = 0  # 0 = off
-    every: Optional[int] = None  # optimizer steps between thaws; null = the blocks stay frozen for the whole run
+    every: int | None = None  # optimizer steps between thaws; null = the blocks stay frozen for the whole run
     embeddings: bool = True  # freeze the embeddings too, until the last block thaws
 
 
@@ -170,7 +170,7 @@ class UnfreezeConfig:
 class EarlyStoppingConfig:
     """Stop when the task's primary metric has not improved for ``patience`` periodic evals (train.eval_steps)."""
 
-    patience: Optional[int] = None  # null = off
+    patience: int | None = None  # null = off
 
 
 @dataclass
@@ -178,7 +178,7 @@ class SpikeGuardConfig:
     """Stop (status failed) on a non-finite loss, or when ce or a loss component's raw value exceeds ``factor`` x
     its running mean (farlab.trainer.spike_guard)."""
 
-    factor: Optional[float] = None  # null = off; > 1
+    factor: float | None = None  # null = off; > 1
     warmup_steps: int = 20  # optimizer steps before the factor check arms (the non-finite check is on from step 1)
     decay: float = 0.9  # running mean = exponential moving average over training micro-batches
 
@@ -193,7 +193,7 @@ class FsdpConfig:
     enabled: bool = False
     reshard_after_forward: bool = True  # true = full_shard (ZeRO-3-like), false = shard_grad_op (ZeRO-2-like)
     cpu_offload: bool = False  # parameters and gradients on CPU between uses
-    wrap: Optional[list[str]] = None  # layer classes to shard separately (e.g. [LlamaDecoderLayer]); None = the models'
+    wrap: list[str] | None = None  # layer classes to shard separately (e.g. [LlamaDecoderLayer]); None = the models'
 
 
 @dataclass
@@ -213,9 +213,9 @@ class TrainConfig:
     bf16: bool = False
     fp16: bool = False
     gradient_checkpointing: bool = False
-    num_threads: Optional[int] = None  # torch intra-op threads; None = torch's default
+    num_threads: int | None = None  # torch intra-op threads; None = torch's default
     progress_bar: bool = True
-    eval_steps: Optional[int] = None  # evaluate the student every N steps for metrics.json 'best'; None = at the end
+    eval_steps: int | None = None  # evaluate the student every N steps for metrics.json 'best'; None = at the end
     keep_checkpoints: str = "all"  # after the run completes: all | last | none (farlab.trainer.checkpoints)
     keep_final: bool = True  # false: also delete final/ (the exported student) once metrics.json is written
     unfreeze: UnfreezeConfig = field(default_factory=UnfreezeConfig)
@@ -233,10 +233,10 @@ class DistillConfig:
     puts it there instead. Response positions are aligned, so every response loss and teacher backend applies.
     """
 
-    context: Optional[str] = None  # text the teacher sees before each prompt; null/"" = none
-    context_file: Optional[str] = None  # or: a UTF-8 file holding it (not both)
-    teacher_template: Optional[str] = None  # the teacher's prompt template; null = task.prompt_template
-    teacher_chat_template: Optional[bool] = None  # wrap the teacher's prompt in the chat template; null = the task's
+    context: str | None = None  # text the teacher sees before each prompt; null/"" = none
+    context_file: str | None = None  # or: a UTF-8 file holding it (not both)
+    teacher_template: str | None = None  # the teacher's prompt template; null = task.prompt_template
+    teacher_chat_template: bool | None = None  # wrap the teacher's prompt in the chat template; null = the task's
 
 
 @dataclass
@@ -248,12 +248,12 @@ class GenerateConfig:
     n: int = 1  # generations per prompt (n > 1 needs mode=sample); each becomes one training row
     temperature: float = 1.0  # sample mode only
     top_p: float = 1.0  # sample mode only
-    max_new_tokens: Optional[int] = None  # null = task.generation.max_new_tokens
+    max_new_tokens: int | None = None  # null = task.generation.max_new_tokens
     stop: list[str] = field(default_factory=lambda: ["\n"])  # a generation is cut at the first of these
-    seed: Optional[int] = None  # sample mode; null = the run's seed
+    seed: int | None = None  # sample mode; null = the run's seed
     batch_size: int = 16  # prompts per generate() call (in-process teacher)
-    dir: Optional[str] = None  # null = $FARLAB_GENERATIONS, else ~/.cache/farlab/generations
-    path: Optional[str] = None  # one explicit dataset folder (its key is checked); null = <dir>/<task>-<teacher>-<key>
+    dir: str | None = None  # null = $FARLAB_GENERATIONS, else ~/.cache/farlab/generations
+    path: str | None = None  # one explicit dataset folder (its key is checked); null = <dir>/<task>-<teacher>-<key>
     build: bool = True  # train: build on first use when missing; false = refuse (python -m farlab.teachers.generate)
 
 
@@ -261,7 +261,7 @@ class GenerateConfig:
 class WandbConfig:
     mode: str = "disabled"  # disabled | offline | online
     project: str = "farlab"
-    entity: Optional[str] = None
+    entity: str | None = None
     tags: list[str] = field(default_factory=list)
 
 
@@ -271,10 +271,10 @@ class HarnessConfig:
     training (farlab.eval.harness, docs/harness.md); results go to metrics.json ``harness``."""
 
     tasks: list[str] = field(default_factory=list)  # empty = off; farlab's local tasks: farlab/assets/harness_tasks
-    include_path: Optional[str] = None  # another folder of lm-eval task YAMLs, searched after farlab's own
+    include_path: str | None = None  # another folder of lm-eval task YAMLs, searched after farlab's own
     include_defaults: bool = False  # also lm-eval's own tasks (hellaswag, arc_easy, ...): their data is on the hub
-    limit: Optional[int] = None  # documents per task; None = all
-    num_fewshot: Optional[int] = None  # None = each task's own default
+    limit: int | None = None  # documents per task; None = all
+    num_fewshot: int | None = None  # None = each task's own default
     batch_size: int = 8
     teacher: bool = True  # also score the teacher when it is a causal LM held in this process
     bootstrap_iters: int = 0  # stderr bootstrap resamples (0 = none; lm-eval's CLI default is 100000)
@@ -295,13 +295,13 @@ class RLConfig:
 
     name: str = "none"  # none | grpo
     rewards: list[str] = field(default_factory=lambda: ["chrf"])
-    reward_weights: Optional[list[float]] = None  # one per reward; None = all 1
+    reward_weights: list[float] | None = None  # one per reward; None = all 1
     num_generations: int = 4  # completions per prompt; must divide train.batch_size x train.grad_accum_steps
     max_completion_length: int = 32
     temperature: float = 1.0
     top_p: float = 1.0
     beta: float = 0.0  # weight of GRPO's KL to the reference model (0 = no reference model)
-    learning_rate: Optional[float] = None  # None = train.learning_rate
+    learning_rate: float | None = None  # None = train.learning_rate
     epsilon: float = 0.2  # PPO-style clip range
     loss_type: str = "dapo"  # passed to GRPOConfig.loss_type (grpo | dapo | dr_grpo | bnpo ...)
     teacher_weight: float = 0.0  # > 0: reward - teacher_weight x reverse KL(student || teacher) per sequence
@@ -310,7 +310,7 @@ class RLConfig:
     teacher_topk_tail: str = "bucket"  # bucket | renormalize: a top-k teacher's reward (as loss topk_tail)
     reference: str = "init"  # init | teacher: what beta anchors to
     init: str = "none"  # none | sft: CE fine-tune the student first (stored like an SFT teacher)
-    label_words: Optional[list[str]] = None  # GLUE as generation: one answer word per label (class-id order)
+    label_words: list[str] | None = None  # GLUE as generation: one answer word per label (class-id order)
     use_vllm: bool = False  # passed through to TRL (GPU machines with vllm installed)
     vllm_mode: str = "colocate"  # colocate | server
     vllm_gpu_memory_utilization: float = 0.3
@@ -334,7 +334,7 @@ class FarlabConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # evaluations beyond the task metric (lm-eval harness)
     rl: RLConfig = field(default_factory=RLConfig)  # the RL paradigm (farlab.rl); name none = SFT/KD
     generate: GenerateConfig = field(default_factory=GenerateConfig)  # task.targets=teacher
-    output_dir: Optional[str] = None  # None = Hydra's run dir
+    output_dir: str | None = None  # None = Hydra's run dir
     paths: dict[str, Any] = field(default_factory=dict)
 
 

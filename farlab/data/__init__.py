@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
-from farlab.errors import DataError
 from farlab.data.base import TaskData
+from farlab.errors import DataError
 from farlab.registry import Registry
 
 
@@ -48,10 +48,10 @@ def build_task_data(task_cfg: DictConfig, tokenizer: Any, seed: int, distill: An
 
 # Handlers register themselves on import.
 from farlab.data import glue as _glue  # noqa: E402,F401
-from farlab.data import ocr as _ocr  # noqa: E402,F401
-from farlab.data import translation as _translation  # noqa: E402,F401
 from farlab.data import instruction as _instruction  # noqa: E402,F401
+from farlab.data import ocr as _ocr  # noqa: E402,F401
 from farlab.data import text as _text  # noqa: E402,F401
 from farlab.data import text_classification as _text_classification  # noqa: E402,F401
+from farlab.data import translation as _translation  # noqa: E402,F401
 
 __all__ = ["DataError", "TaskData", "TASK_FAMILIES", "build_task_data", "validate_task_config"]

@@ -14,7 +14,7 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from farlab.errors import DataError
 from farlab.registry import unknown_choice_message
@@ -147,7 +147,7 @@ def read_many(patterns: list[str], fmt: str = "auto") -> list[Record]:
     return [record for path in expand(patterns) for record in read_records(path, fmt)]
 
 
-def hub_records(hub_name: str, hub_config: Optional[str], split: str) -> list[Record]:
+def hub_records(hub_name: str, hub_config: str | None, split: str) -> list[Record]:
     """Online machines only: a datasets hub split as records (the row index stands in for the line)."""
     import datasets
 
@@ -155,7 +155,7 @@ def hub_records(hub_name: str, hub_config: Optional[str], split: str) -> list[Re
     return [Record(dict(row), f"{hub_name}[{split}]", i) for i, row in enumerate(ds, start=1)]
 
 
-def check_sources(train_files: list[str], hub_name: Optional[str], fmt: str = "auto") -> None:
+def check_sources(train_files: list[str], hub_name: str | None, fmt: str = "auto") -> None:
     """Cheap checks before any model loads: files exist and have a known format."""
     if not train_files and hub_name is None:
         raise DataError("set task.train_file (a local file) or task.hub_name (a datasets name, online machines)")
@@ -187,7 +187,7 @@ def split_or_load(train: list[Any], eval_items: list[Any] | None, fraction: floa
                   f"train[{fraction:.0%} seeded split]")
 
 
-def seeded_limit(items: list[Any], limit: Optional[int], seed: int) -> list[Any]:
+def seeded_limit(items: list[Any], limit: int | None, seed: int) -> list[Any]:
     """At most ``limit`` items, a seeded random subset kept in file order."""
     if limit is None or limit >= len(items):
         return items

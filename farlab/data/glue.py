@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 from omegaconf import DictConfig
@@ -54,13 +54,13 @@ class TransferConfig:
     On its rows only the distillation terms apply; CE is masked (farlab.trainer.pair). Rows carry ``labels=-100``
     and ``transfer=1``; they join the training split after the labelled rows, so a teacher cache covers them."""
 
-    source: Optional[str] = None  # null = off | rest (training rows train_limit/class_ratio left out) | file
-    file: Optional[str] = None  # source=file: a TSV (or one text per line with text_columns=[0], header=false)
-    text_columns: Optional[list[Any]] = None  # null = task.layout.text_columns
-    header: Optional[bool] = None  # null = task.layout.header
+    source: str | None = None  # null = off | rest (training rows train_limit/class_ratio left out) | file
+    file: str | None = None  # source=file: a TSV (or one text per line with text_columns=[0], header=false)
+    text_columns: list[Any] | None = None  # null = task.layout.text_columns
+    header: bool | None = None  # null = task.layout.header
     # Fraction of the training set that are transfer rows (so of each shuffled batch, in expectation):
     # round(n_labelled * ratio / (1 - ratio)) seeded rows; null = every available row.
-    ratio: Optional[float] = None
+    ratio: float | None = None
 
 
 @dataclass
@@ -69,22 +69,22 @@ class GlueTaskConfig:
     family: str = "glue"
     glue_task: str = "${.name}"  # the subset name on the hub (hub_name)
     layout: GlueLayout = field(default_factory=GlueLayout)
-    data_dir: Optional[str] = None  # local folder in GLUE's layout
-    hub_name: Optional[str] = None  # e.g. "nyu-mll/glue"; used only when data_dir is null (online machines)
+    data_dir: str | None = None  # local folder in GLUE's layout
+    hub_name: str | None = None  # e.g. "nyu-mll/glue"; used only when data_dir is null (online machines)
     max_length: int = 128
-    train_limit: Optional[int] = None  # keep a seeded random subset of this many training rows
+    train_limit: int | None = None  # keep a seeded random subset of this many training rows
     # Seeded imbalanced training set: one fraction per label in the layout's label order, e.g. [0.9, 0.1] keeps
     # 90% label 0; as many rows as the ratio allows, at most train_limit. Eval splits are untouched.
-    class_ratio: Optional[list[float]] = None
-    eval_limit: Optional[int] = None
+    class_ratio: list[float] | None = None
+    eval_limit: int | None = None
     validation_fraction: float = 0.1  # held out of train when the data dir has no dev split
     metrics: list[str] = field(default_factory=list)  # the task YAML states its standard metrics
-    primary_metric: Optional[str] = None  # null = the first of metrics
+    primary_metric: str | None = None  # null = the first of metrics
     # More eval files in data_dir, each evaluated like the primary split (metrics.json "extra_eval", by stem)
     extra_eval_files: list[str] = field(default_factory=list)  # e.g. [dev_mismatched.tsv] for MNLI
     # GLUE as generation (rl=grpo; farlab.data.glue_generation): one answer word per label (class-id order), and
     # the prompt around the text ({text}; {text_b} for pairs). Classification runs ignore both.
-    label_words: Optional[list[str]] = None
+    label_words: list[str] | None = None
     prompt_template: str = "{text}\nAnswer:"
     transfer: TransferConfig = field(default_factory=TransferConfig)  # inputs without labels: distillation only
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 from omegaconf import DictConfig
@@ -37,7 +37,7 @@ class InstructionColumns:
     messages: str = "messages"  # messages: a list of {role, content}
     prompt: str = "prompt"  # prompt_completion
     completion: str = "completion"  # prompt_completion
-    system: Optional[str] = None  # a per-record system prompt column (any format)
+    system: str | None = None  # a per-record system prompt column (any format)
     role_key: str = "role"
     content_key: str = "content"
     assistant_role: str = "assistant"
@@ -47,22 +47,22 @@ class InstructionColumns:
 class InstructionTaskConfig:
     name: str = "instruction"
     family: str = "instruction"
-    train_file: Optional[str] = None  # .jsonl or .json
-    eval_file: Optional[str] = None  # null: a seeded validation_fraction of train
-    hub_name: Optional[str] = None  # online machines: a datasets name (train_file: null)
-    hub_config: Optional[str] = None
+    train_file: str | None = None  # .jsonl or .json
+    eval_file: str | None = None  # null: a seeded validation_fraction of train
+    hub_name: str | None = None  # online machines: a datasets name (train_file: null)
+    hub_config: str | None = None
     format: str = "auto"  # auto | alpaca | messages | prompt_completion (auto: from the first record's keys)
     file_format: str = "auto"  # auto (by suffix) | jsonl | json
     columns: InstructionColumns = field(default_factory=InstructionColumns)
-    system_prompt: Optional[str] = None  # prepended as a system turn when a record has none
-    use_chat_template: Optional[bool] = None  # null: the tokenizer's chat template when it has one
+    system_prompt: str | None = None  # prepended as a system turn when a record has none
+    use_chat_template: bool | None = None  # null: the tokenizer's chat template when it has one
     max_length: int = 512  # tokens per conversation (longer ones are cut; ones left without a response dropped)
     validation_fraction: float = 0.1
-    train_limit: Optional[int] = None
-    eval_limit: Optional[int] = None
+    train_limit: int | None = None
+    eval_limit: int | None = None
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     metrics: list[str] = field(default_factory=lambda: ["perplexity", "nll"])  # + chrf, rougeL, exact_match
-    primary_metric: Optional[str] = None
+    primary_metric: str | None = None
 
 
 class InstructionHandler:

@@ -23,15 +23,15 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from farlab.errors import DataError
 from farlab.data.base import GenerationConfig, TaskData, check_eval_settings, metric_fields, typed_config
+from farlab.errors import DataError
 from farlab.registry import Registry, unknown_choice_message
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,13 @@ class OCRTaskConfig:
     name: str = "ocr"
     family: str = "ocr"
     format: str = "folder"  # folder | manifest | sroie_lines | sroie_keys
-    train_path: Optional[str] = None  # a folder, a .jsonl manifest, or a SROIE root (box/ img/ key/)
-    test_path: Optional[str] = None  # same format; null = carve the test split out of train_path
+    train_path: str | None = None  # a folder, a .jsonl manifest, or a SROIE root (box/ img/ key/)
+    test_path: str | None = None  # same format; null = carve the test split out of train_path
     image_suffixes: list[str] = field(default_factory=lambda: list(IMAGE_SUFFIXES))  # folder format
     text_suffix: str = ".txt"  # folder format: X<image suffix> pairs with X<text_suffix>
     recursive: bool = False  # folder format: also look in subfolders
     front_matter: str = "keep"  # keep | strip: a YAML front matter block at the top of a text (olmOCR .md)
-    prompt: Optional[str] = None  # the instruction; null = the format's default
+    prompt: str | None = None  # the instruction; null = the format's default
     prompt_style: str = "instruction"  # instruction (task.prompt) | olmocr_v4 | olmocr_yaml (olmocr.prompts)
     sroie_fields: list[str] = field(default_factory=lambda: ["company", "date", "address", "total"])
     max_image_side: int = 1024  # longest image side in pixels after loading (downscaled, aspect kept)
@@ -59,22 +59,22 @@ class OCRTaskConfig:
     validation_fraction: float = 0.1  # of train_path's documents, held out as the validation split
     test_fraction: float = 0.1  # of train_path's documents, only when test_path is null
     eval_split: str = "validation"  # validation | test
-    train_limit: Optional[int] = None
-    eval_limit: Optional[int] = None
+    train_limit: int | None = None
+    eval_limit: int | None = None
     check_images: bool = True  # open every image while building, so a bad file fails before training
     normalize: str = "whitespace"  # none | whitespace | olmocr_bench: applied to predictions and references
     generation: GenerationConfig = field(default_factory=lambda: GenerationConfig(max_new_tokens=128, batch_size=8))
     metrics: list[str] = field(default_factory=lambda: ["edit_similarity", "exact_match"])
-    primary_metric: Optional[str] = "edit_similarity"
+    primary_metric: str | None = "edit_similarity"
 
 
 @dataclass(frozen=True)
 class OCRExample:
     image: str
     text: str
-    box: Optional[tuple[int, int, int, int]] = None  # (left, top, right, bottom) crop
+    box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) crop
     group: str = ""  # the source document: splits never separate one document's examples
-    prompt: Optional[str] = None  # a manifest row may carry its own instruction
+    prompt: str | None = None  # a manifest row may carry its own instruction
 
 
 # --------------------------------------------------------------------------------------------------

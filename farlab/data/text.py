@@ -10,7 +10,7 @@ document is in both. Metric: perplexity over the real tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 from omegaconf import DictConfig
@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 from farlab.data.base import TaskData, check_eval_settings, metric_fields, typed_config
 from farlab.data.files import check_sources, hub_records, read_many, seeded_limit, split_or_load
 from farlab.data.translation import CausalLMCollator
-from farlab.eval.lm import generation_metrics
 from farlab.errors import DataError
+from farlab.eval.lm import generation_metrics
 
 
 @dataclass
@@ -28,16 +28,16 @@ class TextTaskConfig:
     family: str = "text"
     train_files: list[str] = field(default_factory=list)  # paths or globs: .txt (one document each), .jsonl, .csv
     eval_files: list[str] = field(default_factory=list)  # empty: a seeded validation_fraction of the documents
-    hub_name: Optional[str] = None  # online machines: a datasets name (train_files: [])
-    hub_config: Optional[str] = None
+    hub_name: str | None = None  # online machines: a datasets name (train_files: [])
+    hub_config: str | None = None
     file_format: str = "auto"
     text_column: str = "text"  # the document column of .jsonl/.csv rows (.txt files are read whole)
     block_size: int = 128
     validation_fraction: float = 0.1
-    train_limit: Optional[int] = None  # blocks
-    eval_limit: Optional[int] = None  # blocks
+    train_limit: int | None = None  # blocks
+    eval_limit: int | None = None  # blocks
     metrics: list[str] = field(default_factory=lambda: ["perplexity", "nll"])
-    primary_metric: Optional[str] = None
+    primary_metric: str | None = None
 
 
 class TextHandler:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 from omegaconf import DictConfig
@@ -26,21 +26,21 @@ from farlab.errors import DataError
 class TextClassificationTaskConfig:
     name: str = "text_classification"
     family: str = "text_classification"
-    train_file: Optional[str] = None  # .csv / .tsv (with a header) or .jsonl / .json
-    eval_file: Optional[str] = None  # null: a seeded validation_fraction of train
-    hub_name: Optional[str] = None  # online machines: a datasets name (train_file: null)
-    hub_config: Optional[str] = None
+    train_file: str | None = None  # .csv / .tsv (with a header) or .jsonl / .json
+    eval_file: str | None = None  # null: a seeded validation_fraction of train
+    hub_name: str | None = None  # online machines: a datasets name (train_file: null)
+    hub_config: str | None = None
     file_format: str = "auto"
     text_column: str = "text"
-    pair_column: Optional[str] = None  # second sentence of a pair task (NLI, paraphrase)
+    pair_column: str | None = None  # second sentence of a pair task (NLI, paraphrase)
     label_column: str = "label"
     labels: list[str] = field(default_factory=list)  # class order; empty: sorted labels of the training file
     max_length: int = 128
     validation_fraction: float = 0.1
-    train_limit: Optional[int] = None
-    eval_limit: Optional[int] = None
+    train_limit: int | None = None
+    eval_limit: int | None = None
     metrics: list[str] = field(default_factory=lambda: ["accuracy", "macro_f1"])
-    primary_metric: Optional[str] = None
+    primary_metric: str | None = None
 
 
 Example = tuple[tuple[str, ...], str, str]  # (texts, raw label, where)

@@ -12,7 +12,7 @@ import random
 import string
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import datasets
 import torch
@@ -27,10 +27,10 @@ from farlab.errors import DataError
 class TranslationTaskConfig:
     name: str = "europarl_en_fr"
     family: str = "translation"
-    source_file: Optional[str] = None
-    target_file: Optional[str] = None
-    hub_name: Optional[str] = None  # online machines: a datasets name with a "translation" column
-    hub_config: Optional[str] = None
+    source_file: str | None = None
+    target_file: str | None = None
+    hub_name: str | None = None  # online machines: a datasets name with a "translation" column
+    hub_config: str | None = None
     source_lang: str = "English"
     target_lang: str = "French"
     source_key: str = "en"  # keys inside the hub dataset's "translation" dicts
@@ -41,12 +41,12 @@ class TranslationTaskConfig:
     validation_fraction: float = 0.05
     test_fraction: float = 0.05
     eval_split: str = "validation"  # validation | test
-    train_limit: Optional[int] = None
-    eval_limit: Optional[int] = None
+    train_limit: int | None = None
+    eval_limit: int | None = None
     targets: str = "gold"  # gold | teacher: train on the teacher's generations (farlab.teachers.generations)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     metrics: list[str] = field(default_factory=lambda: ["bleu", "chrf", "perplexity"])
-    primary_metric: Optional[str] = "bleu"
+    primary_metric: str | None = "bleu"
 
 
 Pair = tuple[str, str]

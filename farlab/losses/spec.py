@@ -1,6 +1,6 @@
 """Structured configs for conf/loss, conf/layer_map and conf/projection, and their model-free validation.
 
-Plain dataclasses with defaults everywhere and only str/int/float/bool/Optional/List/Dict fields, so
+Plain dataclasses with defaults everywhere and only str/int/float/bool fields, ``X | None``, ``list`` and ``dict``, so
 Hydra's ConfigStore and ``OmegaConf.structured`` accept them. (No ``from __future__ import annotations``
 here: OmegaConf reads the real annotation objects.)
 
@@ -12,7 +12,7 @@ each naming the bad value and the valid choices (with a "did you mean" suggestio
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -33,26 +33,26 @@ class ComponentConfig:
     beta weights a mixture distribution, ``mixed_kl``'s lambda linearly weights two KLs (only the endpoints agree)."""
 
     type: str = "response"  # a COMPONENT_TYPES name: response | feature | attention | ...
-    fn: Optional[str] = None  # None = the type's default_fn (response kl, feature mse, attention kl)
+    fn: str | None = None  # None = the type's default_fn (response kl, feature mse, attention kl)
     weight: float = 1.0
     beta: float = 0.5
     skew: float = 0.1
     mix: float = 0.5  # mixed_kl: (1 - mix) KL(p_t || p_s) + mix KL(p_s || p_t); 0 = kl, 1 = reverse_kl
-    chunk_size: Optional[int] = None
+    chunk_size: int | None = None
     topk_tail: str = "renormalize"  # renormalize | bucket
 
 
 @dataclass
 class PhaseConfig:
     until: float = 1.0  # phase holds while position < until (steps or fraction of max_steps)
-    weights: Dict[str, float] = field(default_factory=dict)  # component name -> weight; missing = 0
+    weights: dict[str, float] = field(default_factory=dict)  # component name -> weight; missing = 0
 
 
 @dataclass
 class ScheduleConfig:
     unit: str = "fraction"  # step | fraction
     ramp: str = "step"  # step (piecewise constant) | linear (interpolate between boundaries)
-    phases: List[PhaseConfig] = field(default_factory=list)
+    phases: list[PhaseConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -74,23 +74,23 @@ class LossConfig:
     temperature: float = 2.0
     ce_weight: float = 1.0
     balance: bool = False  # rescale each component to |ce| with a detached factor
-    components: Dict[str, ComponentConfig] = field(default_factory=dict)
-    schedule: Optional[ScheduleConfig] = None
-    gkd: Optional[GKDConfig] = None  # decoder-only tasks: on-policy batches (see conf/loss/gkd.yaml)
+    components: dict[str, ComponentConfig] = field(default_factory=dict)
+    schedule: ScheduleConfig | None = None
+    gkd: GKDConfig | None = None  # decoder-only tasks: on-policy batches (see conf/loss/gkd.yaml)
 
 
 @dataclass
 class LayerMapConfig:
     strategy: str = "uniform"  # uniform | last_n | first_last | custom
-    n: Optional[int] = None  # last_n
-    pairs: Optional[List[List[int]]] = None  # custom: [[student_layer, teacher_layer], ...]
+    n: int | None = None  # last_n
+    pairs: list[list[int]] | None = None  # custom: [[student_layer, teacher_layer], ...]
 
 
 @dataclass
 class ProjectionConfig:
     type: str = "linear"  # identity | linear | mlp
     layernorm: bool = False
-    hidden_size: Optional[int] = None  # mlp hidden width (default: teacher width)
+    hidden_size: int | None = None  # mlp hidden width (default: teacher width)
 
 
 def cfg_get(obj: Any, key: str, default: Any = None) -> Any:
@@ -110,13 +110,13 @@ def typed(schema: Any, cfg: Any) -> Any:
     return OmegaConf.to_object(merged)
 
 
-def _raise(what: str, problems: List[str]) -> None:
+def _raise(what: str, problems: list[str]) -> None:
     if problems:
         raise ValueError(f"invalid {what}:\n  - " + "\n  - ".join(problems))
 
 
-def _schedule_problems(schedule: Any, names: List[str]) -> List[str]:
-    problems: List[str] = []
+def _schedule_problems(schedule: Any, names: list[str]) -> list[str]:
+    problems: list[str] = []
     unit, ramp = cfg_get(schedule, "unit", "fraction"), cfg_get(schedule, "ramp", "step")
     phases = cfg_get(schedule, "phases")
     if unit not in UNITS:
@@ -144,7 +144,7 @@ def _schedule_problems(schedule: Any, names: List[str]) -> List[str]:
 def validate_loss_config(cfg: Any) -> None:
     """Raise ValueError if ``cfg`` (LossConfig, DictConfig or dict) cannot describe a valid objective."""
     cfg = typed(LossConfig, cfg)
-    problems: List[str] = []
+    problems: list[str] = []
     if cfg.alpha < 0:
         problems.append(f"alpha must be >= 0, got {cfg.alpha}")
     if cfg.ce_weight < 0:
@@ -178,7 +178,7 @@ def validate_loss_config(cfg: Any) -> None:
 
 def validate_layer_map_config(cfg: Any) -> None:
     """Names and shapes only; depth fit is checked by :func:`farlab.losses.layer_map.build_layer_map`."""
-    problems: List[str] = []
+    problems: list[str] = []
     strategy, n, pairs = cfg_get(cfg, "strategy", "uniform"), cfg_get(cfg, "n"), cfg_get(cfg, "pairs")
     if strategy not in LAYER_MAPS:
         problems.append(unknown_choice_message("layer map strategy", strategy, LAYER_MAPS.names()))
@@ -191,7 +191,7 @@ def validate_layer_map_config(cfg: Any) -> None:
 
 
 def validate_projection_config(cfg: Any) -> None:
-    problems: List[str] = []
+    problems: list[str] = []
     ptype, hidden = cfg_get(cfg, "type", "linear"), cfg_get(cfg, "hidden_size")
     if ptype not in PROJECTIONS:
         problems.append(unknown_choice_message("projection type", ptype, PROJECTIONS.names()))

@@ -45,14 +45,14 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from farlab.atomic import COMPLETE_MARKER, build_once
 from farlab.data.context import teacher_side
 from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import TopK
-from farlab.registry import Registry
 from farlab.models.forward import model_inputs
 from farlab.models.precision import DEFAULT_DTYPE
+from farlab.registry import Registry
 from farlab.teachers.backends.base import filler_topk, topk_from_logits
-from farlab.atomic import COMPLETE_MARKER, build_once
 
 log = logging.getLogger(__name__)
 

@@ -51,8 +51,9 @@ def test_lora_student_exports_a_merged_plain_model(compose_cfg, tmp_path, store_
     assert not any("lora_" in name for name in final.state_dict())
     # The adapters learned something that the merge folded into the base weights.
     fresh = compose_cfg(overrides)
-    from farlab.models.loading import Head, build_model
     from transformers import set_seed
+
+    from farlab.models.loading import Head, build_model
 
     set_seed(fresh.seed)
     base = build_model(fresh.model.student, Head(AutoModelForCausalLM), None)

@@ -12,9 +12,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from farlab.config import REPO_ROOT
 from farlab.data import build_task_data, validate_task_config
-from farlab.data.files import read_records, split_or_load
+from farlab.data.files import Record, read_records, split_or_load
 from farlab.data.instruction import InstructionColumns, Renderer, to_conversation
-from farlab.data.files import Record
 from farlab.data.kinds import TASK_KINDS
 from farlab.data.text import pack
 from farlab.errors import DataError

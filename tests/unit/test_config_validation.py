@@ -10,8 +10,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from farlab.config import REPO_ROOT, ConfigError
-from farlab.validate import validate_config
 from farlab.data import DataError
+from farlab.validate import validate_config
 from tests.conftest import tiny_overrides
 
 

@@ -11,8 +11,8 @@ from farlab.losses.base import DistillBatch, ModelView, TopK
 from farlab.losses.objective import ModelShape, build_objective
 from farlab.losses.response import ResponseLoss
 from farlab.losses.spec import LayerMapConfig, LossConfig, ProjectionConfig, validate_loss_config
-from tests.fakes import fake_batch
 from tests.conftest import load_group
+from tests.fakes import fake_batch
 
 T = 2.0
 

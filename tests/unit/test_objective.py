@@ -15,8 +15,8 @@ from farlab.losses.spec import (
     validate_loss_config,
     validate_projection_config,
 )
-from tests.fakes import fake_batch
 from tests.conftest import load_group
+from tests.fakes import fake_batch
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 STUDENT, TEACHER = ModelShape(2, 4, 2), ModelShape(4, 6, 3)

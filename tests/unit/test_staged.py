@@ -8,8 +8,8 @@ import torch
 from farlab.losses.objective import ModelShape, build_objective
 from farlab.losses.spec import LayerMapConfig, LossConfig, ProjectionConfig
 from farlab.losses.staged import Phase, Schedule
-from tests.fakes import fake_batch
 from tests.conftest import load_group
+from tests.fakes import fake_batch
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 STUDENT, TEACHER = ModelShape(2, 4, 2), ModelShape(4, 6, 3)

@@ -8,12 +8,13 @@ import torch
 from transformers import AutoModelForSequenceClassification, set_seed
 
 from farlab.errors import ConfigError
-from farlab.validate import validate_config
-from farlab.losses.objective import build_objective
-from farlab.models.loading import Head, build_model, model_shape
 from farlab.losses.base import DistillBatch
-from farlab.models.forward import accepted_inputs, output_view as _view
+from farlab.losses.objective import build_objective
+from farlab.models.forward import accepted_inputs
+from farlab.models.forward import output_view as _view
+from farlab.models.loading import Head, build_model, model_shape
 from farlab.trainer.pair import DistillationModule
+from farlab.validate import validate_config
 from tests.conftest import tiny_overrides
 
 

@@ -9,10 +9,10 @@ from transformers import AutoTokenizer
 
 from farlab.config import REPO_ROOT
 from farlab.data import DataError, build_task_data, validate_task_config
+from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import DistillBatch, ModelView
 from farlab.losses.objective import ModelShape, build_objective
-from farlab.data.kinds import TASK_KINDS
-from tests.conftest import load_group, SHARED_DATA
+from tests.conftest import SHARED_DATA, load_group
 
 TOKENIZER = AutoTokenizer.from_pretrained(REPO_ROOT / "farlab" / "assets" / "tiny_bpe_enfr")
 EUROPARL = SHARED_DATA / "europarl_en_fr"

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf, open_dict
 
 from farlab.config import CacheBackendConfig, OpenAIBackendConfig
 from farlab.losses.plan import ATTENTIONS, DISTRIBUTION, HIDDEN_STATES, LossPlan
+from farlab.models.loading import model_shape
 from farlab.registry import Registry, unknown_choice_message
 from farlab.teachers.backends.base import (
     DEFAULT_TOP_K,
@@ -33,7 +34,6 @@ from farlab.teachers.backends.cache import prepare_cache, validate_cache
 from farlab.teachers.backends.hf import HFBackend, hf_backend_factory
 from farlab.teachers.backends.openai import prepare_openai, validate_openai
 from farlab.teachers.backends.self_teacher import prepare_self, validate_self
-from farlab.models.loading import model_shape
 from farlab.teachers.tokenizers import logit_width
 
 

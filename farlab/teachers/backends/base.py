@@ -9,8 +9,8 @@ Dense teachers fill ``ModelView.logits``; sparse ones fill ``ModelView.topk`` wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
