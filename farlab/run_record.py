@@ -24,7 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from farlab import distributed
-from farlab.config import REPO_ROOT, FarlabConfig, canonical_setting
+from farlab.config import REPO_ROOT, FarlabConfig, canonical_setting, dotted_leaves
 from farlab.errors import ConfigError, RunDirError
 
 log = logging.getLogger(__name__)
@@ -155,15 +155,6 @@ IRRELEVANT_KEYS = (
 )  # fmt: skip
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict) and node:
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: node}
-
-
 def irrelevant_key(key: str) -> bool:
     """A setting that does not change the experiment (IRRELEVANT_KEYS; also the collector's rule for variants)."""
     return any(key == k or key.startswith(f"{k}.") for k in IRRELEVANT_KEYS)
@@ -177,7 +168,7 @@ ADDED_OPTION_VALUES = {"task.targets": "gold"}
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``key: stored -> new`` for every leaf that differs, irrelevant keys left out (sorted); data paths compare as
     real paths (:func:`~farlab.config.canonical_setting`), so a sweep re-run from another checkout still skips."""
-    old, cur = _flatten(stored), _flatten(new)
+    old, cur = dotted_leaves(stored), dotted_leaves(new)
     missing = object()
     diffs = []
     for key in sorted(old.keys() | cur.keys()):

@@ -46,6 +46,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from farlab.atomic import COMPLETE_MARKER, build_once
+from farlab.config import dotted_leaves
 from farlab.data.context import teacher_side
 from farlab.data.kinds import TASK_KINDS
 from farlab.losses.base import TopK
@@ -203,17 +204,8 @@ def key_hash(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
-
-
 def key_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    a, b = _flatten(stored), _flatten(wanted)
+    a, b = dotted_leaves(stored), dotted_leaves(wanted)
     return [f"{k}: cache has {a.get(k)!r}, this run needs {b.get(k)!r}"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 

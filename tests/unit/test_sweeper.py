@@ -18,9 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from farlab.atomic import publish
-from farlab.config import REPO_ROOT, register_configs
+from farlab.config import REPO_ROOT, dotted_leaves, register_configs
 from farlab.run_lock import LOCK_NAME
-from farlab.run_record import RunRecord, _flatten, irrelevant_key
+from farlab.run_record import RunRecord, irrelevant_key
 from hydra_plugins.farlab_sweeper.farlab_sweeper import canonical_form, needs_teacher
 from tests.unit.test_run_lock import held_by_another_process
 
@@ -219,7 +219,7 @@ def test_job_dir_names_leave_out_exactly_the_settings_that_do_not_change_the_exp
                           return_hydra_config=True)
             job = OmegaConf.to_container(cfg, resolve=False)
             job.pop("hydra")
-            leaves |= {key for key in _flatten(job) if irrelevant_key(key)}
+            leaves |= {key for key in dotted_leaves(job) if irrelevant_key(key)}
     excluded = list(cfg.hydra.job.config.override_dirname.exclude_keys)
     assert len(excluded) == len(set(excluded)) and excluded[0] == "experiment"
     assert set(excluded[1:]) == leaves
