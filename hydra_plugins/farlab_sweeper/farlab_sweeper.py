@@ -87,6 +87,7 @@ class FarlabSweeper(BasicSweeper):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.dry_run = dry_run
         self.dropped: list[tuple[list[str], list[str]]] = []  # (dropped job, the kept job it repeats)
+        self.composed: dict[tuple[str, ...], DictConfig] = {}  # each job's config, composed once (dry run reuses it)
 
     def distinct_jobs(self, jobs: Sequence[Sequence[str]]) -> list[list[str]]:
         """``jobs`` without those equivalent to an earlier one, in sweep order; logs what it dropped."""
@@ -94,9 +95,10 @@ class FarlabSweeper(BasicSweeper):
         loader = self.hydra_context.config_loader
         first: dict[str, list[str]] = {}
         kept: list[list[str]] = []
-        self.dropped = []
+        self.dropped, self.composed = [], {}
         for job in map(list, jobs):
-            key = canonical_form(loader.load_sweep_config(master_config=self.config, sweep_overrides=job))
+            cfg = self.composed[tuple(job)] = loader.load_sweep_config(master_config=self.config, sweep_overrides=job)
+            key = canonical_form(cfg)
             if key is not None and key in first:
                 self.dropped.append((job, first[key]))
                 continue
@@ -155,7 +157,9 @@ class FarlabSweeper(BasicSweeper):
         states = []
         try:
             for num, job in enumerate(jobs):
-                cfg = loader.load_sweep_config(master_config=self.config, sweep_overrides=list(job))
+                composed = self.composed.get(tuple(job))
+                cfg = (copy.deepcopy(composed) if composed is not None
+                       else loader.load_sweep_config(master_config=self.config, sweep_overrides=list(job)))
                 with open_dict(cfg):
                     cfg.hydra.job.id, cfg.hydra.job.num = num, num
                 HydraConfig.instance().set_config(cfg)
