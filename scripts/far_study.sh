@@ -24,14 +24,27 @@ common="model=minilm teacher_strategy.recipe.learning_rate=1e-4 train.num_thread
 naming="hydra.job.config.override_dirname.exclude_keys=[experiment]"
 sst2="task.train_limit=8000 teacher_strategy=frozen_sft,cotrain_base"
 
+# A fresh machine has no sweep dirs: start each from its committed archive (docs/results/sweeps), whose completed
+# runs (config.yaml, metrics.json, run_metadata.json) a launch skips; the runs the archive lists as unfinished hold
+# no checkpoint there, so they start over.
+restore() {  # restore SWEEP_NAME
+    local archive="$REPO/docs/results/sweeps/$1"
+    if [ ! -d "$OUT/$1" ] && [ -d "$archive" ]; then
+        cp -r "$archive" "$OUT/$1" && echo "=== $1: started from its archive $archive"
+    fi
+}
+
 far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the sweep dir
     local task=$1 seed=$2 losses=$3
     shift 3
+    local dir="$OUT/far_${task}_minilm_seed$seed"
     if [ "$queue" = status ]; then
         echo "=== $task seed $seed loss=$losses $*"
+        # Read-only: a sweep dir not restored yet is read in its archive, where a launch would start from.
+        [ -d "$dir" ] || dir="$REPO/docs/results/sweeps/far_${task}_minilm_seed$seed"
         local out
         if out=$(cd "$REPO" && $PY -m farlab.train -m +experiment=far_factorial task="$task" seed="$seed" \
-            loss="$losses" $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed" "$naming" \
+            loss="$losses" $common "$@" hydra.sweep.dir="$dir" "$naming" \
             hydra.sweeper.dry_run=true 2>&1); then
             sed -n 's/^.*\] \(  #[0-9]* : \)/\1/p; s/^.*\] \(in .*\)$/  \1/p' <<< "$out"
         else
@@ -39,6 +52,7 @@ far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the
         fi
         return
     fi
+    restore "far_${task}_minilm_seed$seed"
     echo "=== queue $queue: $task seed $seed loss=$losses $* ($(date -u +%FT%TZ))"
     (cd "$SRC" && $PY -m farlab.train -m +experiment=far_factorial task="$task" seed="$seed" loss="$losses" \
         $common "$@" hydra.sweep.dir="$OUT/far_${task}_minilm_seed$seed" "$naming") \
@@ -50,6 +64,10 @@ far() {  # far TASK SEED LOSSES [more overrides]: one chunk; its log next to the
 # job starts, so editing this file while a queue runs cannot change what that queue does next.
 main() {
     mkdir -p "$OUT"
+    if [ "$queue" != status ] && [ ! -d "$SRC/farlab" ]; then
+        echo "no frozen study worktree at $SRC: git worktree add $SRC ce93426 (or set FARLAB_STUDY_SRC)" >&2
+        exit 2
+    fi
     if [ "$queue" = 1 ] || [ "$queue" = status ]; then
         far cola 1 combined_r teacher_strategy=cotrain_sft       # seed 1's F, A and three R jobs ran with 2 threads
         far cola 1 combined_fr,combined_fa
