@@ -29,8 +29,14 @@ sst2="task.train_limit=8000 teacher_strategy=frozen_sft,cotrain_base"
 # no checkpoint there, so they start over.
 restore() {  # restore SWEEP_NAME
     local archive="$REPO/docs/results/sweeps/$1"
-    if [ ! -d "$OUT/$1" ] && [ -d "$archive" ]; then
-        cp -r "$archive" "$OUT/$1" && echo "=== $1: started from its archive $archive"
+    [ ! -d "$OUT/$1" ] && [ -d "$archive" ] || return 0
+    # Copied aside, then renamed: the other queue may restore the same dir at the same moment (mv -T then fails).
+    local tmp
+    tmp=$(mktemp -d "$OUT/.restore.XXXXXX")
+    if cp -r "$archive/." "$tmp/" && mv -T "$tmp" "$OUT/$1" 2>/dev/null; then
+        echo "=== $1: started from its archive $archive"
+    else
+        rm -rf "$tmp"
     fi
 }
 
