@@ -66,6 +66,7 @@ class ModelSpec:
     init_blocks: Any = None  # [1, 3, 5], or "auto:N": the N blocks of highest measured importance (models/pruning.py)
     width: WidthSpec = field(default_factory=WidthSpec)  # from_teacher: Minitron width pruning
     importance_examples: int = 256  # training examples that measure block / width importance
+    block_importance: str = "influence"  # auto:N's measure: influence (ShortGPT) | drop_one (models/pruning.py)
     lora: LoraSpec = field(default_factory=LoraSpec)  # r > 0: adapters (student; teacher: SFT step and co-training)
     dtype: str = "float32"  # float32 | bfloat16 | float16: the weights' dtype (farlab.models.precision)
 

@@ -160,9 +160,12 @@ def irrelevant_key(key: str) -> bool:
     return any(key == k or key.startswith(f"{k}.") for k in IRRELEVANT_KEYS)
 
 
-# Options added to task YAMLs after runs were stored: a stored config.yaml without one ran with this value.
+# Options added after runs were stored: a stored config.yaml without one ran with this value.
 # (A key absent from the stored config and null now is the same experiment too: an option added later, off.)
-ADDED_OPTION_VALUES = {"task.targets": "gold"}
+ADDED_OPTION_VALUES = {
+    "task.targets": "gold",
+    "model.teacher.block_importance": "influence", "model.student.block_importance": "influence",
+}
 
 
 def config_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str]:

@@ -110,10 +110,11 @@ def _from_teacher(
     auto = pruning.auto_block_count(spec.init_blocks)
     if auto is not None:
         batches = pruning.importance_batches(data, spec.importance_examples)
-        scores = pruning.block_importance(teacher, batches)
+        measure = pruning.BLOCK_IMPORTANCE.get(spec.block_importance, "model.student.block_importance")
+        scores = measure.score(teacher, batches)
         blocks = pruning.choose_blocks(scores, auto)
         record["blocks"] = {"rule": f"auto:{auto}", "chosen": blocks, "importance": scores,
-                            "measure": "mean 1 - cos(block input, block output) over real tokens",
+                            "measure": f"{spec.block_importance}: {measure.says}",
                             "examples": sum(len(b["input_ids"]) for b in batches)}
         log.info("init_blocks=auto:%d chose blocks %s (importance %s)", auto, blocks,
                  ", ".join(f"{s:.4f}" for s in scores))
@@ -235,6 +236,10 @@ def model_problems(model_cfg: Any) -> list[str]:
     if student.source == "from_teacher" and not problems:
         problems += _init_block_problems(student.init_blocks, model_cfg.teacher,
                                          pruning.width_requested(student.get("width")))
+        measure = student.get("block_importance", "influence")
+        if measure not in pruning.BLOCK_IMPORTANCE:
+            problems.append("model.student.block_importance: " + unknown_choice_message(
+                "block-importance measure", measure, pruning.BLOCK_IMPORTANCE.names()))
     elif pruning.width_requested(student.get("width")):
         problems.append("model.student.width prunes the teacher: it needs model.student.source=from_teacher")
     return problems

@@ -130,7 +130,7 @@ def sft_store_material(settings: TeacherSettings) -> dict[str, Any]:
 
 
 # ModelSpec fields added after stores were filled: at their schema defaults they change nothing about a teacher.
-LATER_SPEC_FIELDS = ("dtype", "width", "importance_examples")
+LATER_SPEC_FIELDS = ("dtype", "width", "importance_examples", "block_importance")
 
 
 def _teacher_spec_material(spec: Any) -> dict[str, Any]:

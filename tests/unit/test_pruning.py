@@ -19,9 +19,11 @@ from transformers import (
 
 from farlab.errors import ConfigError
 from farlab.models.pruning import (
+    BLOCK_IMPORTANCE,
     auto_block_count,
     block_importance,
     choose_blocks,
+    drop_one_importance,
     width_importance,
     width_prune,
 )
@@ -66,17 +68,17 @@ def test_block_importance_of_a_hand_made_model():
         auto_block_count("best:3")
 
 
-def _llama(kv=2):
+def _llama(kv=2, depth=2):
     torch.manual_seed(0)
-    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=depth,
                                         num_attention_heads=4, num_key_value_heads=kv, head_dim=8,
                                         max_position_embeddings=32)).eval()
 
 
-def _bert():
+def _bert(depth=2):
     torch.manual_seed(0)
     return BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
-                                                    num_hidden_layers=2, num_attention_heads=4,
+                                                    num_hidden_layers=depth, num_attention_heads=4,
                                                     max_position_embeddings=32, num_labels=3)).eval()
 
 
@@ -85,6 +87,72 @@ def _batches():
     mask = torch.ones(3, 7, dtype=torch.long)
     mask[0, 5:] = 0
     return [{"input_ids": torch.randint(1, 64, (3, 7)), "attention_mask": mask}]
+
+
+def _without_block(build, i):
+    """The model rebuilt with block ``i`` (0-based) deleted from its list: dropping by hand, not by hook."""
+    model = build(depth=3)
+    blocks = model.model.layers if isinstance(model, LlamaForCausalLM) else model.bert.encoder.layer
+    del blocks[i]
+    model.config.num_hidden_layers = 2
+    if isinstance(model, LlamaForCausalLM):
+        for j, block in enumerate(blocks):
+            block.self_attn.layer_idx = j
+    return model.eval()
+
+
+def _sharp_bert(depth=3):
+    """A random BERT classifier's outputs are near uniform (KLs ~1e-8, float noise): a larger head sharpens them."""
+    model = _bert(depth)
+    model.classifier.weight.data *= 50
+    return model
+
+
+@pytest.mark.parametrize("build", [_llama, _sharp_bert])
+def test_drop_one_importance_is_the_kl_to_the_model_without_the_block(build):
+    """Against an independent computation: the model with the block deleted, KL written out as sum p (log p - log q)
+    over the real tokens (a causal LM's padded position left out) or over the examples (a classifier)."""
+    batch = _batches()[0]
+    scores = drop_one_importance(build(depth=3), [batch])
+    with torch.no_grad():
+        p = torch.log_softmax(build(depth=3).eval()(**batch).logits.double(), -1)
+        for i in range(3):
+            q = torch.log_softmax(_without_block(build, i)(**batch).logits.double(), -1)
+            kl = (p.exp() * (p - q)).sum(-1)
+            expected = kl[batch["attention_mask"].bool()].mean() if kl.dim() == 2 else kl.mean()
+            assert scores[i] == pytest.approx(float(expected), rel=1e-4, abs=1e-7)
+    assert all(s > 0 for s in scores)
+
+
+def test_drop_one_scores_a_pass_through_block_zero_and_auto_drops_it_first():
+    teacher = _llama(depth=3)
+    block = teacher.model.layers[1]
+    block.self_attn.o_proj.weight.data.zero_()  # both residual branches add zero: the block passes x through
+    block.mlp.down_proj.weight.data.zero_()
+    scores = drop_one_importance(teacher, _batches())
+    assert scores[1] == pytest.approx(0.0, abs=1e-9) and min(scores[0], scores[2]) > 1e-6
+    assert choose_blocks(scores, 2) == [1, 3]
+    assert BLOCK_IMPORTANCE.names() == ["drop_one", "influence"]
+
+
+def test_auto_blocks_use_the_configured_measure_and_record_it(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from farlab.config import ModelSpec
+    from farlab.models import loading, pruning
+
+    monkeypatch.setattr(pruning, "importance_batches", lambda data, n: _batches())
+    teacher = _llama(depth=3)
+    teacher.model.layers[0].mlp.down_proj.weight.data.zero_()  # block 1: attention only
+    head = SimpleNamespace(auto_class=AutoModelForCausalLM)
+    for measure, score in (("influence", block_importance), ("drop_one", drop_one_importance)):
+        spec = OmegaConf.merge(OmegaConf.structured(ModelSpec), {
+            "source": "from_teacher", "init_blocks": "auto:2", "block_importance": measure})
+        student = loading._from_teacher(spec, head, None, teacher=teacher, data=object())
+        record = student.config.farlab_pruning["blocks"]
+        assert record["measure"].startswith(f"{measure}: ")
+        assert record["importance"] == pytest.approx(score(teacher, _batches()))
+        assert record["chosen"] == choose_blocks(record["importance"], 2)
 
 
 def _width(hidden=None, ffn=None, heads=None):
@@ -186,3 +254,7 @@ def test_model_problems_check_auto_blocks_and_width_before_loading():
     assert "needs model.student.source=from_teacher" in problems(
         source="config", config={"model_type": "bert"}, width={"hidden_size": 16})[0]
     assert "give block numbers" in problems(source="from_teacher", init_blocks=["first"])[0]
+    assert problems(source="from_teacher", init_blocks="auto:3", block_importance="drop_one") == []
+    assert problems(source="from_teacher", init_blocks="auto:3", block_importance="drop-one") == [
+        "model.student.block_importance: unknown block-importance measure 'drop-one'; valid: drop_one, influence; "
+        "did you mean 'drop_one'?"]
