@@ -28,6 +28,8 @@ teacher_strategy.recipe.learning_rate=3e-5 loss=combined_ce,combined_r,$BEST_CEL
 # Europarl: 800 training pairs, 1 epoch at batch 8 (100 steps), 64 validation pairs generated greedily (64 new
 # tokens), SmolLM2's chat template. CE alone; response KL from the SFT teacher and from the base teacher (whose
 # pre-training scores are the teacher-before-SFT row); on-policy GKD from the SFT teacher.
+# Measured: model=smollm2's 10-block student learns nothing in 100 steps (BLEU 0.24; docs/results/real_pairs.md).
+# Before the next run, give it a 20-24-block student chosen by model.student.block_importance=drop_one.
 europarl="task=europarl_en_fr task.use_chat_template=true task.train_limit=800 task.eval_limit=64 train.epochs=1 \
 train.batch_size=8 train.eval_batch_size=8 teacher_strategy.recipe.epochs=1 teacher_strategy.recipe.batch_size=8"
 
