@@ -258,3 +258,14 @@ def test_model_problems_check_auto_blocks_and_width_before_loading():
     assert problems(source="from_teacher", init_blocks="auto:3", block_importance="drop-one") == [
         "model.student.block_importance: unknown block-importance measure 'drop-one'; valid: drop_one, influence; "
         "did you mean 'drop_one'?"]
+
+
+def test_runs_stored_before_block_importance_existed_still_count_as_the_same_experiment():
+    from farlab.run_record import config_differences
+
+    stored = {"model": {"student": {"init_blocks": "auto:2"}}}
+    new = {"model": {"student": {"init_blocks": "auto:2", "block_importance": "influence"}}}
+    assert config_differences(stored, new) == []
+    assert config_differences(stored, {"model": {"student": {"init_blocks": "auto:2",
+                                                             "block_importance": "drop_one"}}}) == [
+        "model.student.block_importance: (absent) -> 'drop_one'"]
