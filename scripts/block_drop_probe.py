@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import dataclasses
 import time
 from pathlib import Path
 
@@ -21,19 +22,17 @@ from hydra import compose, initialize_config_dir
 
 from farlab.config import REPO_ROOT, register_configs
 from farlab.data import build_task_data
+from farlab.data.base import TaskData
+from farlab.eval.lm import target_nll
 from farlab.models import pruning
 from farlab.models.loading import build_model, head_for, load_tokenizer, shallow_copy
 
 
 @torch.no_grad()
-def perplexity(model: torch.nn.Module, rows: list[dict]) -> float:
-    total = count = 0.0
-    for row in rows:
-        labels = torch.tensor([row["labels"]])
-        out = model(input_ids=torch.tensor([row["input_ids"]]), labels=labels)
-        n = int((labels[:, 1:] != -100).sum())
-        total, count = total + out.loss.item() * n, count + n
-    return math.exp(total / count)
+def perplexity(model: torch.nn.Module, data: TaskData) -> float:
+    """Of the eval rows' reference answers, through the run's own likelihood metric (farlab.eval.lm)."""
+    pairs = target_nll(model, data, batch_size=1, desc="perplexity", progress=False)
+    return math.exp(sum(s for s, _ in pairs) / sum(n for _, n in pairs))
 
 
 def main() -> None:
@@ -53,9 +52,9 @@ def main() -> None:
     data = build_task_data(cfg.task, tokenizer, cfg.seed)
     teacher = build_model(cfg.model.teacher, head_for(data), None).eval()
     batches = pruning.importance_batches(data, args.examples, batch_size=1)
-    rows = [data.eval[i] for i in range(min(args.eval, len(data.eval)))]
-    result = {"overrides": args.overrides, "examples": args.examples, "eval_rows": len(rows),
-              "teacher_perplexity": perplexity(teacher, rows), "measures": {}}
+    data = dataclasses.replace(data, eval=data.eval.select(range(min(args.eval, len(data.eval)))))
+    result = {"overrides": args.overrides, "examples": args.examples, "eval_rows": len(data.eval),
+              "teacher_perplexity": perplexity(teacher, data), "measures": {}}
     print(f"teacher ({cfg.model.teacher.name}): perplexity {result['teacher_perplexity']:.1f}")
     for name in pruning.BLOCK_IMPORTANCE.names():
         start = time.perf_counter()
@@ -64,7 +63,7 @@ def main() -> None:
         entry = {"scores": scores, "seconds": round(seconds, 1), "students": {}}
         for n in (int(k) for k in args.keep.split(",")):
             blocks = pruning.choose_blocks(scores, n)
-            ppl = perplexity(shallow_copy(teacher, blocks, None).eval(), rows)
+            ppl = perplexity(shallow_copy(teacher, blocks, None).eval(), data)
             entry["students"][n] = {"blocks": blocks, "perplexity": ppl}
             print(f"{name:10s} auto:{n:<3d} perplexity {ppl:12.1f}  drops "
                   f"{sorted(set(range(1, len(scores) + 1)) - set(blocks))}", flush=True)
