@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +153,7 @@ def drop_one_importance(model: nn.Module, batches: Iterable[Batch]) -> list[floa
 class BlockMeasure:
     """A way to score blocks for ``init_blocks: auto:N`` (higher = keep), and the sentence the record keeps."""
 
-    score: Any  # (model, batches) -> one float per block
+    score: Callable[[nn.Module, list[Batch]], list[float]]  # one float per block
     says: str
 
 
