@@ -21,7 +21,8 @@ from __future__ import annotations
 import copy
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,24 +88,33 @@ def block_importance(model: nn.Module, batches: Iterable[Batch]) -> list[float]:
 
         handles += [block.register_forward_pre_hook(pre, with_kwargs=True), block.register_forward_hook(post)]
     totals, count = torch.zeros(len(blocks), dtype=torch.float64), 0
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            seen.clear()
-            model(**batch)
-            for i, (x_in, x_out) in seen.items():
-                mask = _real_tokens(batch, x_in)
-                cos = F.cosine_similarity(x_in.double(), x_out.double(), dim=-1)
-                totals[i] += (1 - cos)[mask].sum().cpu()
-            count += int(_real_tokens(batch, next(iter(seen.values()))[0]).sum())
+        with _eval_mode(model):
+            for batch in batches:
+                seen.clear()
+                model(**batch)
+                for i, (x_in, x_out) in seen.items():
+                    mask = _real_tokens(batch, x_in)
+                    cos = F.cosine_similarity(x_in.double(), x_out.double(), dim=-1)
+                    totals[i] += (1 - cos)[mask].sum().cpu()
+                count += int(_real_tokens(batch, next(iter(seen.values()))[0]).sum())
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if count == 0:
         raise ConfigError("block importance: no tokens in the importance examples")
     return (totals / count).tolist()
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Measure in eval mode (no dropout), then give the model back in the mode it came in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def _skip(block: nn.Module) -> Any:
@@ -127,9 +137,7 @@ def drop_one_importance(model: nn.Module, batches: Iterable[Batch]) -> list[floa
     """
     blocks = find_blocks(model)
     totals, count = torch.zeros(len(blocks), dtype=torch.float64), 0
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         for batch in batches:
             full = F.log_softmax(model(**batch).logits.float(), dim=-1)
             mask = _real_tokens(batch, full) if full.dim() == 3 else torch.ones(len(full), dtype=torch.bool)
@@ -142,8 +150,6 @@ def drop_one_importance(model: nn.Module, batches: Iterable[Batch]) -> list[floa
                     handle.remove()
                 kl = F.kl_div(dropped, full, log_target=True, reduction="none").sum(-1)
                 totals[i] += kl[mask].double().sum().cpu()
-    finally:
-        model.train(was_training)
     if count == 0:
         raise ConfigError("block importance: no tokens in the importance examples")
     return (totals / count).tolist()
@@ -331,18 +337,16 @@ def width_importance(model: nn.Module, batches: Iterable[Batch]) -> WidthScores:
             def on_ffn(_m: nn.Module, args: tuple, i: int = int(layer[1])) -> None:
                 ffn[i] = ffn.get(i, 0) + masked_mean(args[0].abs())
             handles.append(module.register_forward_pre_hook(on_ffn))
-    was_training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            ids = batch["input_ids"]
-            mask["m"] = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids).bool()
-            tokens += int(mask["m"].sum())
-            model(**batch)
+        with _eval_mode(model):
+            for batch in batches:
+                ids = batch["input_ids"]
+                mask["m"] = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids).bool()
+                tokens += int(mask["m"].sum())
+                model(**batch)
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
     if tokens == 0 or not heads or not ffn:
         raise ConfigError("width importance: no activations recorded (no tokens, or an unsupported architecture)")
     return WidthScores(hidden / tokens, {i: v / tokens for i, v in heads.items()},

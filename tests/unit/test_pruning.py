@@ -269,3 +269,32 @@ def test_runs_stored_before_block_importance_existed_still_count_as_the_same_exp
     assert config_differences(stored, {"model": {"student": {"init_blocks": "auto:2",
                                                              "block_importance": "drop_one"}}}) == [
         "model.student.block_importance: (absent) -> 'drop_one'"]
+
+
+@pytest.mark.parametrize("measure", [block_importance, drop_one_importance, width_importance])
+def test_measures_run_without_dropout_and_give_the_model_back_in_its_mode(measure):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
+                                                     num_hidden_layers=2, num_attention_heads=4,
+                                                     max_position_embeddings=32, num_labels=3,
+                                                     hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5))
+    expected = measure(model.eval(), _batches())
+    model.train()
+    assert _flat(measure(model, _batches())) == _flat(expected)  # dropout at 0.5 would change every score
+    assert model.training
+
+    def failing():
+        yield from _batches()
+        raise RuntimeError("data loader died")
+
+    with pytest.raises(RuntimeError, match="data loader died"):
+        measure(model, failing())
+    assert model.training
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # no hook left behind
+
+
+def _flat(scores):
+    if isinstance(scores, list):
+        return scores
+    return [scores.hidden.tolist(), {i: v.tolist() for i, v in scores.heads.items()},
+            {i: v.tolist() for i, v in scores.ffn.items()}]
