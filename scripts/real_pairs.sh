@@ -26,17 +26,17 @@ common="train.num_threads=$THREADS train.progress_bar=false train.keep_checkpoin
 sst2="task=sst2 task.train_limit=2000 train.epochs=2 teacher_strategy=frozen_sft teacher_strategy.recipe.epochs=2 \
 teacher_strategy.recipe.learning_rate=3e-5 loss=combined_ce,combined_r,$BEST_CELL"
 # Europarl: 400 training pairs, 1 epoch at batch 8 (50 steps; students at LR 1e-4, the SFT teacher at the recipe's
-# 5e-5), 64 validation pairs generated greedily (64 new tokens), SmolLM2's chat template. CE alone; response KL from
-# the SFT teacher and from the base teacher (whose pre-training scores are the teacher-before-SFT row); on-policy GKD
-# from the SFT teacher. The student keeps 24 of 30 blocks, the ones drop_one ranks highest
+# 5e-5), 64 pairs of the seeded test split generated greedily (64 new tokens), SmolLM2's chat template. CE alone;
+# response KL from the SFT teacher and from the base teacher (whose pre-training scores are the teacher-before-SFT
+# row); on-policy GKD from the SFT teacher. The student keeps 24 of 30 blocks, the ones drop_one ranks highest
 # (docs/results/real_pairs/block_drop_probe_smollm2_seed1.json: perplexity 53 against the teacher's 18 before
 # training). The list is written out instead of init_blocks=auto:24 block_importance=drop_one, which gives the same
 # blocks but re-measures them in every run (about 11 minutes on one thread).
 # Measured before: model=smollm2's 10-block student learns nothing in 100 steps (BLEU 0.24; real_pairs.md).
 smollm2_student="model.student.name=smollm2-24l \
 model.student.init_blocks=[1,2,3,4,5,6,7,8,9,10,11,12,13,16,21,22,23,24,25,26,27,28,29,30]"
-europarl="task=europarl_en_fr task.use_chat_template=true task.train_limit=400 task.eval_limit=64 train.epochs=1 \
-train.batch_size=8 train.eval_batch_size=8 train.learning_rate=1e-4 teacher_strategy.recipe.epochs=1 \
+europarl="task=europarl_en_fr task.use_chat_template=true task.train_limit=400 task.eval_split=test task.eval_limit=64 \
+train.epochs=1 train.batch_size=8 train.eval_batch_size=8 train.learning_rate=1e-4 teacher_strategy.recipe.epochs=1 \
 teacher_strategy.recipe.batch_size=8 $smollm2_student"
 
 chunk() {  # chunk PAIR SEED
@@ -46,8 +46,9 @@ chunk() {  # chunk PAIR SEED
         smollm2) task=europarl_en_fr ;;
         *) echo "unknown pair '$pair': mpnet | minilm | smollm2" >&2; return 2 ;;
     esac
-    # The 24-block SmolLM2 student has its own dir; real_smollm2_europarl_en_fr_seed1 holds the 10-block attempt.
-    local name=$pair; [ "$pair" = smollm2 ] && name=smollm2_24l
+    # The 24-block SmolLM2 student scored on the test split has its own dir: real_smollm2_europarl_en_fr_seed1 holds
+    # the 10-block attempt, real_smollm2_24l_europarl_en_fr_seed* the same recipe scored on validation.
+    local name=$pair; [ "$pair" = smollm2 ] && name=smollm2_24l_test
     local dir="$OUT/real_${name}_${task}_seed$seed"
     echo "=== $pair seed $seed -> $dir ($(date -u +%FT%TZ))"
     if [ "$pair" = smollm2 ]; then
